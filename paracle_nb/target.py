@@ -1,0 +1,252 @@
+"""Where a run points: cluster, namespace, Postgres, Redis, Prometheus, API.
+
+A target comes from a parameters file (``parameters/<environment>.yaml``
+or a file named explicitly). Credentials come from files the parameters
+name, from the environment, or from the kubeconfig; they are held as
+:class:`~paracle_nb.secrets.Secret` and never rendered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+import os
+import pathlib
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from paracle_nb.errors import ParameterError
+from paracle_nb.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+# Keys of a parameters file that describe the target; all others are the
+# runbooks' own parameters.
+TARGET_KEYS: dict[str, type] = {
+    "environment": str,
+    "kubeconfig": str,
+    "kube_context": str,
+    "namespace": str,
+    "app_label": str,
+    "postgres_dsn": str,
+    "postgres_password_file": str,
+    "redis_url": str,
+    "redis_password_file": str,
+    "prometheus_url": str,
+    "api_url": str,
+    "timeout_seconds": float,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One environment a runbook diagnoses. Secrets are never shown."""
+
+    environment: str = "unnamed"
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    namespace: str = "paracle-prod"
+    app_label: str = "app=paracle-api"
+    postgres_dsn: str | None = None
+    postgres_password: Secret | None = dataclasses.field(default=None, repr=False)
+    redis_url: str | None = None
+    redis_password: Secret | None = dataclasses.field(default=None, repr=False)
+    prometheus_url: str | None = None
+    api_url: str | None = None
+    timeout_seconds: float = 5.0
+
+    @classmethod
+    def from_parameters(cls, values: dict[str, Any]) -> Target:
+        """Build a target from parameters-file values (target keys only)."""
+        fields = {k: v for k, v in values.items() if k in TARGET_KEYS and v != ""}
+        for key, kind in TARGET_KEYS.items():
+            if key in fields and fields[key] is not None:
+                fields[key] = _coerce(key, fields[key], kind)
+
+        pg_file = fields.pop("postgres_password_file", None)
+        redis_file = fields.pop("redis_password_file", None)
+        dsn, dsn_password = _split_password(fields.get("postgres_dsn"))
+        url, url_password = _split_password(fields.get("redis_url"))
+        if dsn is not None:
+            fields["postgres_dsn"] = dsn
+        if url is not None:
+            fields["redis_url"] = url
+        if fields.get("kubeconfig"):
+            fields["kubeconfig"] = os.path.expanduser(fields["kubeconfig"])
+
+        fields["postgres_password"] = _read_secret(
+            pg_file, "PARACLE_POSTGRES_PASSWORD", dsn_password
+        )
+        fields["redis_password"] = _read_secret(
+            redis_file, "PARACLE_REDIS_PASSWORD", url_password
+        )
+        return cls(**fields)
+
+    @classmethod
+    def resolve(
+        cls, environment: str = "", parameters_file: str = "", **overrides: Any
+    ) -> Target:
+        """Return the target named by a parameters file or an environment.
+
+        ``parameters_file`` wins over ``environment``; non-empty
+        ``overrides`` win over both.
+        """
+        if parameters_file:
+            values = load_parameters(parameters_file)
+        elif environment:
+            values = load_parameters(environment_file(environment))
+        else:
+            raise ParameterError(
+                "no target: set `environment` (parameters/<environment>.yaml) "
+                "or `parameters_file`"
+            )
+        values.update({k: v for k, v in overrides.items() if v not in ("", None)})
+        values.setdefault("environment", environment or "unnamed")
+        return cls.from_parameters(values)
+
+    def describe(self) -> dict[str, str]:
+        """Return where this target points, without any credential."""
+        return {
+            "environment": self.environment,
+            "cluster": _kube_server(self.kubeconfig, self.kube_context),
+            "context": self.kube_context or "(kubeconfig default)",
+            "namespace": self.namespace,
+            "postgres": _strip_credentials(self.postgres_dsn) or "-",
+            "redis": _strip_credentials(self.redis_url) or "-",
+            "prometheus": self.prometheus_url or "-",
+        }
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'><code>{html.escape(v)}</code></td></tr>"
+            for k, v in self.describe().items()
+        )
+        return f"<table><caption>Target</caption>{rows}</table>"
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={v}" for k, v in self.describe().items())
+        return f"Target({parts})"
+
+
+def parameters_dir() -> pathlib.Path:
+    """Return the folder holding ``<environment>.yaml`` parameter files."""
+    configured = os.environ.get("PARACLE_NB_PARAMETERS")
+    if configured:
+        return pathlib.Path(configured)
+    here = pathlib.Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "parameters").is_dir():
+            return folder / "parameters"
+    return here / "parameters"
+
+
+def environment_file(environment: str) -> pathlib.Path:
+    """Return the parameters file of an environment, or say how to get one."""
+    if not environment.replace("-", "").replace("_", "").isalnum():
+        raise ParameterError(f"environment {environment!r} is not a plain name")
+    path = parameters_dir() / f"{environment}.yaml"
+    if path.exists():
+        return path
+    hint = (
+        "start the lab with `paracle-nb sandbox up`"
+        if environment == "sandbox"
+        else f"copy parameters/{environment}.example.yaml to {path.name} and edit it"
+    )
+    raise ParameterError(f"no parameters file for environment {environment!r}: {hint}")
+
+
+def load_parameters(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return a parameters file as a dict; one clear error if it is not one."""
+    file = pathlib.Path(path)
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ParameterError(f"parameters file not found: {file}") from None
+    except OSError as exc:
+        raise ParameterError(f"cannot read parameters file {file}: {exc}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParameterError(
+            f"parameters file {file} is not valid YAML{where}"
+        ) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise ParameterError(
+            f"parameters file {file} must be a mapping of names to values"
+        )
+    return values
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, (int, float)) and not isinstance(
+        value, bool
+    ):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    raise ParameterError(
+        f"parameter {key!r} must be a {kind.__name__}, got {type(value).__name__}"
+    )
+
+
+def _split_password(url: str | None) -> tuple[str | None, str | None]:
+    """Return the URL without its password, and the password if it had one."""
+    if not url:
+        return url, None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), parts.password
+
+
+def _strip_credentials(url: str | None) -> str | None:
+    return _split_password(url)[0]
+
+
+def _read_secret(path: str | None, env: str, fallback: str | None) -> Secret | None:
+    if path:
+        try:
+            return Secret(pathlib.Path(path).expanduser().read_text().strip())
+        except OSError as exc:
+            raise ParameterError(
+                f"cannot read password file {path}: {exc.strerror}"
+            ) from None
+    if os.environ.get(env):
+        return Secret(os.environ[env])
+    return Secret(fallback) if fallback else None
+
+
+def _kube_server(kubeconfig: str | None, context: str | None) -> str:
+    """Return the API server URL a kubeconfig context points at."""
+    path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        config = yaml.safe_load(pathlib.Path(path).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "(no kubeconfig)"
+    name = context or config.get("current-context")
+    ctx = next((c for c in config.get("contexts", []) if c.get("name") == name), None)
+    if ctx is None:
+        return f"(context {name!r} not in kubeconfig)"
+    cluster_name = ctx.get("context", {}).get("cluster")
+    for cluster in config.get("clusters", []):
+        if cluster.get("name") == cluster_name:
+            return str(cluster.get("cluster", {}).get("server", "?"))
+    return "?"
