@@ -1,0 +1,120 @@
+"""The ``paracle-nb`` command: list, run, sandbox, demo.
+
+Exit codes: 0 ran and found no problem; 1 ran and found a problem
+(warning or worse); 2 bad input (unknown runbook, bad parameters); 3 the
+run itself failed (kernel died, a cell crashed) — its artifact still says
+where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from paracle_nb.errors import ParacleError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paracle-nb", description="Executable runbooks for Paracle.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("list", help="list the runbooks")
+
+    run = commands.add_parser("run", help="execute a runbook into an artifact")
+    run.add_argument("runbook", help="name as `paracle-nb list` shows it")
+    run.add_argument("--parameters", metavar="FILE",
+                     help="parameters file (target and runbook parameters)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="set one parameter")
+    run.add_argument("--artifacts", default="artifacts", metavar="DIR",
+                     help="where run folders go (default: artifacts)")
+    run.add_argument("--cell-timeout", type=float, default=300.0, metavar="S")
+
+    sandbox = commands.add_parser("sandbox", help="the local incident lab")
+    lab_commands = sandbox.add_subparsers(dest="lab_command", required=True)
+    up = lab_commands.add_parser("up", help="start the lab until Ctrl-C")
+    up.add_argument("--incident", action="append", default=[],
+                    help="reproduce this incident once up (repeatable)")
+    up.add_argument("--parameters-out", default="parameters/sandbox.yaml",
+                    metavar="FILE", help="where to write the lab's parameters")
+    lab_commands.add_parser("down", help="stop a lab started with `up`")
+    lab_commands.add_parser("incidents", help="list the incidents it reproduces")
+
+    demo = commands.add_parser("demo", help="reproduce incidents and diagnose them")
+    demo.add_argument("--artifacts", default="artifacts", metavar="DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(_dispatch(args))
+    except ParacleError as exc:
+        print(f"paracle-nb: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("paracle-nb: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        return _list()
+    if args.command == "run":
+        return _run(args)
+    if args.command == "sandbox":
+        from paracle_nb.sandbox import cli as sandbox_cli
+
+        return sandbox_cli.main(args)
+    if args.command == "demo":
+        from paracle_nb.demo import demo
+
+        return demo(args.artifacts)
+    raise AssertionError(args.command)
+
+
+def _list() -> int:
+    from paracle_nb.run import runbook_title, runbooks
+
+    found = runbooks()
+    width = max((len(n) for n in found), default=10)
+    for name, path in found.items():
+        print(f"{name:<{width}}  {runbook_title(path)}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from paracle_nb import run
+
+    overrides: dict[str, Any] = {name: value for name, value in args.parameter}
+    result = run.run(args.runbook, args.parameters, overrides,
+                     artifacts=args.artifacts, cell_timeout=args.cell_timeout)
+    print_result(result)
+    if result.failed:
+        return EXIT_FAILED
+    return EXIT_PROBLEM if result.verdict.problem else EXIT_OK
+
+
+def print_result(result: Any) -> None:
+    """Print a run's verdict headline and its artifact paths."""
+    print(result.verdict.headline())
+    for finding in result.verdict.ordered():
+        if finding.severity.rank >= 2:
+            print(f"  [{finding.severity.value}] {finding.cause}: {finding.summary}")
+    print(f"  notebook: {result.notebook}")
+    print(f"  html:     {result.html}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

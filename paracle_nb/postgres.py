@@ -1,0 +1,163 @@
+"""Read helpers for PostgreSQL, through psycopg 3.
+
+Sessions opened here are read-only and carry a ``statement_timeout``, so a
+runbook can neither change the database nor hang on it. A refusal at
+connect time (no free slot) is raised as :class:`ConnectionRefused` with
+the server's own message: for the pool-exhaustion runbook it is evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from paracle_nb.errors import (
+    ConnectionRefused,
+    ParameterError,
+    TargetTimeout,
+    TargetUnreachable,
+)
+from paracle_nb.target import Target
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "paracle-nb"
+
+# Messages with which the server refuses a connection for lack of slots.
+_NO_SLOT = ("too many clients", "remaining connection slots are reserved",
+            "too many connections")
+
+
+def connect(target: Target, *, statement_timeout_ms: int | None = None
+            ) -> psycopg.Connection[Any]:
+    """Open a read-only session to the target's database.
+
+    >>> with connect(target) as conn:  # doctest: +SKIP
+    ...     connection_limits(conn)
+    """
+    import psycopg
+
+    if not target.postgres_dsn:
+        raise ParameterError("no `postgres_dsn` in the parameters", target="postgres")
+    timeout_ms = statement_timeout_ms or int(target.timeout_seconds * 1000)
+    options = (f"-c default_transaction_read_only=on "
+               f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}")
+    password = target.postgres_password.reveal() if target.postgres_password else None
+    try:
+        return psycopg.connect(
+            target.postgres_dsn,
+            password=password,
+            connect_timeout=max(1, int(target.timeout_seconds)),
+            application_name=APPLICATION_NAME,
+            options=options,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        raise _connect_error(exc, target) from None
+
+
+def _connect_error(exc: Exception, target: Target) -> Exception:
+    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+    where = _where(target.postgres_dsn or "")
+    if any(marker in str(exc) for marker in _NO_SLOT):
+        return ConnectionRefused(f"Postgres at {where} refused the connection",
+                                 target="postgres", detail=_server_line(exc))
+    if "timeout expired" in str(exc):
+        return TargetTimeout(f"Postgres at {where} did not answer in time",
+                             target="postgres")
+    if "password authentication failed" in str(exc):
+        return ConnectionRefused(f"Postgres at {where} rejected the credentials",
+                                 target="postgres", detail=message)
+    return TargetUnreachable(f"Postgres at {where} is unreachable",
+                             target="postgres", detail=message)
+
+
+def _server_line(exc: Exception) -> str:
+    """Return the FATAL line the server sent, without libpq's prefix."""
+    for line in str(exc).splitlines():
+        if "FATAL" in line:
+            return line[line.index("FATAL"):].strip()
+    return str(exc).strip().splitlines()[-1]
+
+
+def _where(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "(unparsable DSN)"
+    return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}" \
+           f"/{parts.get('dbname', '')}"
+
+
+def _query(conn: psycopg.Connection[Any], sql: str, params: Any = None
+           ) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    except psycopg.errors.QueryCanceled as exc:
+        raise TargetTimeout("query cancelled by statement_timeout",
+                            target="postgres", detail=str(exc).strip()) from None
+    except psycopg.OperationalError as exc:
+        raise TargetUnreachable("lost the Postgres session", target="postgres",
+                                detail=str(exc).strip()) from None
+
+
+def connection_limits(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Return the slot limits and how many slots are in use right now."""
+    rows = _query(conn, """
+        SELECT current_setting('max_connections')::int AS max_connections,
+               current_setting('superuser_reserved_connections')::int
+                   AS superuser_reserved,
+               (SELECT count(*) FROM pg_stat_activity
+                 WHERE backend_type = 'client backend')::int AS client_backends,
+               (SELECT count(*) FROM pg_stat_activity)::int AS all_backends
+    """)
+    limits = dict(rows[0])
+    limits["available_to_applications"] = max(
+        0, limits["max_connections"] - limits["superuser_reserved"]
+        - limits["client_backends"])
+    return limits
+
+
+def client_sessions(conn: psycopg.Connection[Any]) -> pd.DataFrame:
+    """Return every client session except this runbook's own, one row each."""
+    import pandas as pd
+
+    rows = _query(conn, """
+        SELECT pid, usename AS role, datname AS database,
+               coalesce(nullif(application_name, ''), '(none)') AS application,
+               client_addr::text AS client_addr,
+               coalesce(state, 'unknown') AS state,
+               extract(epoch FROM now() - state_change)::float AS state_age_s,
+               extract(epoch FROM now() - xact_start)::float AS xact_age_s,
+               extract(epoch FROM now() - backend_start)::float AS session_age_s,
+               left(query, 200) AS last_query
+          FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+         ORDER BY state_change
+    """)
+    columns = ["pid", "role", "database", "application", "client_addr", "state",
+               "state_age_s", "xact_age_s", "session_age_s", "last_query"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def connections_by_state(sessions: pd.DataFrame) -> pd.DataFrame:
+    """Return session counts by application and state, with the oldest age."""
+    import pandas as pd
+
+    columns = ["application", "role", "state", "connections", "oldest_state_age_s"]
+    if sessions.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = sessions.groupby(["application", "role", "state"], as_index=False).agg(
+        connections=("pid", "count"), oldest_state_age_s=("state_age_s", "max"))
+    return grouped.sort_values("connections", ascending=False, ignore_index=True)

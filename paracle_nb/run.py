@@ -1,0 +1,271 @@
+"""Running a runbook with papermill into an artifact folder.
+
+``artifacts/<run-id>/`` receives the executed ``.ipynb``, its HTML
+rendering (plots embedded), ``verdict.json`` and the effective
+``parameters.yaml``. The folder is assembled under a temporary name and
+renamed when complete, so a reader never sees a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import pathlib
+import secrets
+import shutil
+import time
+from typing import Any
+
+import yaml
+
+from paracle_nb.errors import ParameterError, UnknownRunbook
+from paracle_nb.findings import Finding, Severity, Verdict, verdict_from_notebook
+from paracle_nb.target import TARGET_KEYS, Target, load_parameters
+from paracle_nb.units import parse_duration
+
+log = logging.getLogger(__name__)
+
+# Parameters every runbook takes to find its target.
+TARGET_PARAMETERS = ("environment", "parameters_file")
+DURATION_SUFFIXES = ("_older_than", "_window", "since")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Where a run's artifact went, and what it found."""
+
+    run_id: str
+    folder: pathlib.Path
+    notebook: pathlib.Path
+    html: pathlib.Path
+    verdict: Verdict
+    failed: str | None = None
+
+
+def notebooks_dir() -> pathlib.Path:
+    """Return the folder of runbooks: $PARACLE_NB_NOTEBOOKS or the checkout's."""
+    configured = os.environ.get("PARACLE_NB_NOTEBOOKS")
+    if configured:
+        return pathlib.Path(configured)
+    here = pathlib.Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and (folder / "paracle_nb").is_dir():
+            return folder / "notebooks"
+    return pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def runbooks() -> dict[str, pathlib.Path]:
+    """Return every runbook by name (its path under notebooks/, no suffix)."""
+    root = notebooks_dir()
+    found = {}
+    for path in sorted(root.rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        found[path.relative_to(root).with_suffix("").as_posix()] = path
+    return found
+
+
+def find_runbook(name: str) -> pathlib.Path:
+    """Return a runbook's notebook by full name or unambiguous last part."""
+    known = runbooks()
+    cleaned = name.removesuffix(".ipynb").strip("/")
+    if cleaned in known:
+        return known[cleaned]
+    matches = [p for n, p in known.items() if n.rsplit("/", 1)[-1] == cleaned]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(known) or "(none found)"
+    raise UnknownRunbook(f"unknown runbook {name!r}; known runbooks: {listing}")
+
+
+def runbook_name(path: pathlib.Path) -> str:
+    return path.relative_to(notebooks_dir()).with_suffix("").as_posix()
+
+
+def runbook_title(path: pathlib.Path) -> str:
+    """Return the title from the notebook's first heading."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            first = "".join(cell["source"]).strip().splitlines()[0]
+            return first.lstrip("# ").strip()
+    return path.stem
+
+
+def split_parameters(notebook: pathlib.Path, values: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (target values, notebook parameters), refusing unknown names."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    target, params = {}, {}
+    for key, value in values.items():
+        if key in TARGET_KEYS:
+            target[key] = value
+        elif key in declared and key not in TARGET_PARAMETERS:
+            params[key] = _checked(key, value, declared[key])
+        else:
+            names = sorted(set(declared) - set(TARGET_PARAMETERS) | set(TARGET_KEYS))
+            raise ParameterError(
+                f"unknown parameter {key!r} for {notebook.stem}; "
+                f"known: {', '.join(names)}")
+    return target, params
+
+
+def _checked(key: str, value: Any, declared: Any) -> Any:
+    """Return a parameter value of the type its default has, or refuse it."""
+    default = _literal(declared["default"])
+    expected = type(default)
+    if isinstance(value, str) and expected is not str:
+        value = _from_text(key, value, expected)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if default is not None and not isinstance(value, expected) or (
+            expected is int and isinstance(value, bool)):
+        raise ParameterError(
+            f"parameter {key!r} expects a {expected.__name__} "
+            f"(default {default!r}), got {value!r}")
+    if key.endswith(DURATION_SUFFIXES) and isinstance(value, str):
+        parse_duration(value)
+    return value
+
+
+def _literal(text: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _from_text(key: str, text: str, expected: type) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if expected is bool and not isinstance(value, bool):
+        raise ParameterError(f"parameter {key!r} expects true or false, got {text!r}")
+    return value
+
+
+def new_run_id(runbook: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{runbook.replace('/', '-')}-{secrets.token_hex(2)}"
+
+
+def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
+        overrides: dict[str, Any] | None = None, *,
+        artifacts: str | os.PathLike[str] = "artifacts",
+        cell_timeout: float = 300.0) -> RunResult:
+    """Execute one runbook with papermill and write its artifact folder."""
+    notebook = find_runbook(name)
+    runbook = runbook_name(notebook)
+    values = load_parameters(parameters_file) if parameters_file else {}
+    values.update(overrides or {})
+    target_values, params = split_parameters(notebook, values)
+    target = Target.from_parameters(target_values)  # fails early on bad input
+
+    run_id = new_run_id(runbook)
+    root = pathlib.Path(artifacts)
+    staging = root / f".{run_id}.partial"
+    staging.mkdir(parents=True)
+    effective = staging / "parameters.yaml"
+    effective.write_text(yaml.safe_dump(_without_passwords(target_values),
+                                        sort_keys=True))
+    log.info("running %s as %s", runbook, run_id)
+
+    output = staging / f"{notebook.stem}.ipynb"
+    started = time.monotonic()
+    failed = _execute(notebook, output, {"parameters_file": str(effective.resolve()),
+                                         **params}, cell_timeout)
+    duration = time.monotonic() - started
+
+    verdict = _finish(output, runbook, run_id, target, failed, duration)
+    final = root / run_id
+    staging.rename(final)
+    log.info("artifact written to %s", final)
+    return RunResult(run_id, final, final / output.name,
+                     final / output.with_suffix(".html").name, verdict, failed)
+
+
+def _without_passwords(values: dict[str, Any]) -> dict[str, Any]:
+    """Return target values with any password in a URL moved out of it."""
+    from paracle_nb.target import _split_password
+
+    clean = dict(values)
+    for key, env in (("postgres_dsn", "PARACLE_POSTGRES_PASSWORD"),
+                     ("redis_url", "PARACLE_REDIS_PASSWORD")):
+        url, password = _split_password(clean.get(key))
+        if password:
+            # The kernel inherits the environment; the artifact never sees it.
+            os.environ[env] = password
+            clean[key] = url
+    return clean
+
+
+def _execute(notebook: pathlib.Path, output: pathlib.Path,
+             parameters: dict[str, Any], cell_timeout: float) -> str | None:
+    """Run the notebook; return why it failed, or None."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=parameters,
+            kernel_name="python3", progress_bar=False, log_output=False,
+            execution_timeout=cell_timeout, cwd=os.getcwd(),
+        )
+    except PapermillExecutionError as exc:
+        return f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    except Exception as exc:  # a dead kernel or a timeout ends the run
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None
+
+
+def _finish(output: pathlib.Path, runbook: str, run_id: str, target: Target,
+            failed: str | None, duration: float) -> Verdict:
+    """Record the verdict in the notebook, then write the HTML and JSON."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(output, as_version=4) if output.exists() else \
+        nbformat.v4.new_notebook()
+    verdict = verdict_from_notebook(nb) or Verdict(runbook)
+    if failed:
+        verdict.findings.append(Finding(
+            "run-failed", Severity.CRITICAL,
+            f"The runbook stopped before its end: {failed}",
+            {"error": failed}))
+
+    nb.metadata["paracle"] = {
+        "runbook": runbook,
+        "run_id": run_id,
+        "target": target.describe(),
+        "duration_s": round(duration, 2),
+        "verdict": verdict.to_dict(),
+    }
+    _atomic_write(output, nbformat.writes(nb))
+    exporter = HTMLExporter()
+    exporter.exclude_input_prompt = True
+    exporter.exclude_output_prompt = True
+    body, _ = exporter.from_notebook_node(nb)
+    _atomic_write(output.with_suffix(".html"), body)
+    _atomic_write(output.parent / "verdict.json",
+                  json.dumps(verdict.to_dict(), indent=2, default=str))
+    return verdict
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def discard_partial(artifacts: str | os.PathLike[str]) -> None:
+    """Remove leftovers of runs that were killed mid-way."""
+    for leftover in pathlib.Path(artifacts).glob(".*.partial"):
+        shutil.rmtree(leftover, ignore_errors=True)
