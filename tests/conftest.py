@@ -1,0 +1,39 @@
+"""Shared fixtures: one lab PostgreSQL and one lab Redis per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from paracle_nb.errors import MissingServerBinary
+from paracle_nb.sandbox.postgres import PostgresServer
+from paracle_nb.sandbox.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A running lab PostgreSQL (max_connections=40, 3 reserved), shared."""
+    server = PostgresServer(max_connections=40, superuser_reserved_connections=3)
+    try:
+        server.start()
+    except MissingServerBinary as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A running lab Redis (maxmemory 32mb, noeviction), shared."""
+    server = RedisServer(maxmemory="32mb", maxmemory_policy="noeviction")
+    try:
+        server.start()
+    except MissingServerBinary as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
