@@ -142,7 +142,8 @@ def plan_delete_by_pattern(target: Target, client: redis.Redis, pattern: str,
     """Plan deleting the keys matching a pattern: count, bytes, examples."""
     from paracle_nb.redis import _guard
 
-    count, size, examples, cursor = 0, 0, [], 0
+    count, size, cursor = 0, 0, 0
+    examples: list[str] = []
     while count < max_keys:
         cursor, keys = _guard(target, "SCAN", client.scan, cursor, pattern, 1000)
         if keys:

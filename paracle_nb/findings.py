@@ -93,7 +93,8 @@ class Verdict:
         if not self.problem:
             return f"{self.runbook}: no problem found"
         top = self.ordered()[0]
-        return f"{self.runbook}: {top.severity.value.upper()} {top.cause}: {top.summary}"
+        level = top.severity.value.upper()
+        return f"{self.runbook}: {level} {top.cause}: {top.summary}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,7 +160,9 @@ def verdict_from_notebook(nb: Any) -> Verdict | None:
     """Return the verdict recorded in an executed notebook, if any."""
     found = None
     for cell in nb.get("cells", []):
-        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+        if cell.get("cell_type") != "code":
+            continue
+        for output in cell.get("outputs", []):
             data = output.get("data", {})
             if VERDICT_MIME in data:
                 raw = data[VERDICT_MIME]

@@ -12,7 +12,8 @@ import datetime as dt
 import functools
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import (
     Forbidden,

@@ -73,7 +73,7 @@ def connection_plot(by_state: Any, limits: Any) -> Plot | None:
         widths = [int(rows.get(a, 0)) for a in apps]
         axes.barh(apps, widths, left=[lefts[a] for a in apps], color=colour,
                   label=state)
-        for app, width in zip(apps, widths):
+        for app, width in zip(apps, widths, strict=True):
             lefts[app] += width
 
     usable = limits["max_connections"] - limits["superuser_reserved"]
@@ -111,7 +111,7 @@ def memory_plot(memory: Any, prefixes: Any, top: int = 6) -> Plot | None:
     colours = PALETTE[:len(segments)]
     if overhead > 0:
         colours[-1] = "#bdbdbd"
-    for (label, size), colour in zip(segments, colours):
+    for (label, size), colour in zip(segments, colours, strict=True):
         axes.barh(["used"], [size / mib], left=left / mib, color=colour,
                   label=f"{label} ({format_bytes(size)})")
         left += size
@@ -139,7 +139,7 @@ def pod_memory_plot(containers: Any, metrics: Any, container: str) -> Plot | Non
     usage = {}
     if available(metrics) and not metrics.empty:
         mine = metrics[metrics["container"] == container]
-        usage = dict(zip(mine["pod"], mine["memory_bytes"]))
+        usage = dict(zip(mine["pod"], mine["memory_bytes"], strict=True))
     pods = list(rows["pod"])
     axes.barh(pods, [usage.get(p, 0) / mib for p in pods], color=PALETTE[0],
               label="memory in use")

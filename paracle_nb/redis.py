@@ -75,7 +75,7 @@ def quiet_handshake() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _client_params(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.__init__).parameters)
+    return frozenset(inspect.signature(cls).parameters)
 
 
 def _guard(target: Target, what: str, call: Any, *args: Any) -> Any:

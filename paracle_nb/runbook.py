@@ -13,7 +13,8 @@ import html
 import logging
 import time
 import traceback
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from paracle_nb.errors import (
     ConnectionRefused,

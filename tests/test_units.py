@@ -1,8 +1,12 @@
 import pytest
 
 from paracle_nb.errors import ParameterError
-from paracle_nb.units import (format_bytes, format_duration, parse_duration,
-                              parse_quantity)
+from paracle_nb.units import (
+    format_bytes,
+    format_duration,
+    parse_duration,
+    parse_quantity,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -340,7 +340,8 @@ def _write_until_refused(
             spec = families[prefix]
             pipe.set(_key_name(prefix), spec["blob"], ex=spec["ttl"])
         refusals = []
-        for prefix, result in zip(sent, pipe.execute(raise_on_error=False)):
+        for prefix, result in zip(sent, pipe.execute(raise_on_error=False),
+                                  strict=True):
             if isinstance(result, Exception):
                 refusals.append(_oom_text(result, target))
             elif result:
