@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
 def print_result(result: Any) -> None:
     """Print a run's verdict headline and its artifact paths."""
     print(result.verdict.headline())
-    for finding in result.verdict.ordered():
+    for finding in result.verdict.ordered()[1:]:
         if finding.severity.rank >= 2:
             print(f"  [{finding.severity.value}] {finding.cause}: {finding.summary}")
     print(f"  notebook: {result.notebook}")

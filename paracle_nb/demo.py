@@ -26,12 +26,9 @@ def demo(artifacts: str = "artifacts") -> int:
     with Lab() as lab:
         for incident, runbook in SCENES:
             print(f"\n== Incident: {incident} -> runbook {runbook}")
-            lab.reproduce(incident)
-            try:
+            with lab.incident(incident):
                 result = runner.run(runbook, lab.parameters_file,
                                     artifacts=artifacts)
-            finally:
-                lab.heal(incident)
             print_result(result)
             if not result.verdict.problem or result.failed:
                 missed += 1

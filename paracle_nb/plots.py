@@ -6,6 +6,8 @@ executed notebook and its HTML carry the image itself).
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +40,18 @@ class Plot:
         self.figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
         return buffer.getvalue()
 
-    def _repr_png_(self) -> bytes:
-        return self.png()
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None
+                          ) -> dict[str, Any]:
+        data = self.png()
+        encoded = base64.b64encode(data).decode()
+        # The HTML form carries alt text; the PNG is for tools that want it.
+        return {
+            "image/png": encoded,
+            "text/html": f'<img src="data:image/png;base64,{encoded}" '
+                         f'alt="{html.escape(self.title)}" '
+                         f'title="{html.escape(self.title)}">',
+            "text/plain": repr(self),
+        }
 
     def __repr__(self) -> str:
         return f"<Plot {self.title!r}>"

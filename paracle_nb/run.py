@@ -16,6 +16,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -214,16 +215,28 @@ def _execute(notebook: pathlib.Path, output: pathlib.Path,
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters,
-            kernel_name="python3", progress_bar=False, log_output=False,
-            execution_timeout=cell_timeout, cwd=os.getcwd(),
-        )
+        with tempfile.TemporaryDirectory(prefix="paracle-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters,
+                kernel_name="python3", progress_bar=False, log_output=False,
+                execution_timeout=cell_timeout, cwd=os.getcwd(),
+                config=_ipc_config(sockets),
+            )
     except PapermillExecutionError as exc:
         return f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
     except Exception as exc:  # a dead kernel or a timeout ends the run
         return f"{type(exc).__name__}: {exc}".strip()
     return None
+
+
+def _ipc_config(folder: str) -> Any:
+    """Kernel config: talk over Unix sockets in a private folder, not TCP."""
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc",
+                                     "ip": os.path.join(folder, "kernel")}})
 
 
 def _finish(output: pathlib.Path, runbook: str, run_id: str, target: Target,

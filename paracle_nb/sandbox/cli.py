@@ -1,0 +1,77 @@
+"""``paracle-nb sandbox up|down|incidents``: the lab from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import threading
+
+from paracle_nb.errors import SandboxError
+
+STATE_FILE = pathlib.Path(".sandbox") / "state.json"
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.lab_command == "incidents":
+        from paracle_nb.sandbox.lab import INCIDENTS
+
+        print("\n".join(INCIDENTS))
+        return 0
+    if args.lab_command == "down":
+        return _down()
+    return _up(args.parameters_out, args.incident)
+
+
+def _up(parameters_out: str, incident_names: list[str]) -> int:
+    from paracle_nb.sandbox.lab import INCIDENTS, Lab
+
+    unknown = [n for n in incident_names if n not in INCIDENTS]
+    if unknown:
+        raise SandboxError(f"unknown incident {unknown[0]!r}; known: "
+                           f"{', '.join(INCIDENTS)}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    out = pathlib.Path(parameters_out)
+
+    with Lab() as lab:
+        for name in incident_names:
+            lab.reproduce(name)
+        lab.write_parameters(out)
+        STATE_FILE.parent.mkdir(exist_ok=True)
+        STATE_FILE.write_text(json.dumps({"pid": os.getpid(),
+                                          "parameters": str(out)}))
+        print(f"Lab up. Parameters written to {out}:\n")
+        print(out.read_text())
+        print("Incidents active: " + (", ".join(incident_names) or "none (healthy)"))
+        print("Open a runbook with environment = \"sandbox\", or run e.g.\n"
+              f"  paracle-nb run database/connection-pool-exhausted "
+              f"--parameters {out}\nCtrl-C (or `paracle-nb sandbox down`) stops it.")
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            out.unlink(missing_ok=True)
+            STATE_FILE.unlink(missing_ok=True)
+    print("Lab stopped.")
+    return 0
+
+
+def _down() -> int:
+    try:
+        state = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        raise SandboxError("no running lab found (no .sandbox/state.json here)"
+                           ) from None
+    try:
+        os.kill(int(state["pid"]), signal.SIGTERM)
+    except ProcessLookupError:
+        STATE_FILE.unlink(missing_ok=True)
+        raise SandboxError("the lab's process is gone; removed its stale state"
+                           ) from None
+    print(f"Asked the lab (pid {state['pid']}) to stop.")
+    return 0

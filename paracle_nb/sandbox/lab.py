@@ -1,0 +1,194 @@
+"""The incident lab: real Postgres and Redis plus our Kubernetes API.
+
+A :class:`Lab` starts every server on 127.0.0.1, writes a kubeconfig and a
+parameters file that point the runbooks at it, and can put each part into
+one of the guide's incidents and back::
+
+    with Lab() as lab:
+        lab.reproduce("pool-exhausted")
+        run("database/connection-pool-exhausted", lab.parameters_file)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from paracle_nb.errors import SandboxError
+from paracle_nb.sandbox import incidents
+from paracle_nb.sandbox.kubeapi import KubeAPIServer
+from paracle_nb.sandbox.postgres import SRE_ROLE, PostgresServer
+from paracle_nb.sandbox.redis_server import RedisServer
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "paracle-prod"
+CONTEXT = "paracle-sandbox"
+
+
+class Lab:
+    """The whole lab; a context manager that stops everything it started."""
+
+    def __init__(self, base_dir: str | pathlib.Path | None = None, *,
+                 max_connections: int = 40, redis_maxmemory: str = "32mb") -> None:
+        self._own_dir = base_dir is None
+        self.dir = pathlib.Path(base_dir or tempfile.mkdtemp(prefix="paracle-lab-"))
+        self.postgres = PostgresServer(max_connections=max_connections)
+        self.redis = RedisServer(maxmemory=redis_maxmemory,
+                                 maxmemory_policy="noeviction")
+        self.kube = KubeAPIServer()
+        self.parameters_file = self.dir / "parameters.yaml"
+        self.active: dict[str, Any] = {}
+        self._baseline: incidents.HeldSessions | None = None
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> Lab:
+        """Start every server healthy and write the parameters file."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.postgres.start()
+            self.redis.start()
+            self.kube.start()
+        except BaseException:
+            self.stop()
+            raise
+
+        self.kube.load_scenario("healthy")
+        # No token: kubectl sends credentials only over TLS, and the lab's
+        # API server speaks plain HTTP on loopback.
+        kubeconfig = self.kube.write_kubeconfig(
+            self.dir / "kubeconfig", namespace=NAMESPACE, context=CONTEXT)
+        # A healthy API keeps a few pooled sessions open and some keys cached.
+        self._baseline = incidents.idle_connections(self.postgres, "paracle-api",
+                                                    n=5)
+        incidents.seed_redis(self.redis)
+        self.write_parameters(self.parameters_file, kubeconfig)
+        log.info("lab up: postgres :%s, redis :%s, kubernetes %s",
+                 self.postgres.port, self.redis.port, self.kube.url)
+        return self
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The parameters that point a runbook at this lab (no secrets)."""
+        return {
+            "environment": "sandbox",
+            "kubeconfig": str(self.dir / "kubeconfig"),
+            "kube_context": CONTEXT,
+            "namespace": NAMESPACE,
+            "app_label": "app=paracle-api",
+            "postgres_dsn": self.postgres.dsn(SRE_ROLE),
+            "postgres_password_file": str(self.postgres.password_file(SRE_ROLE)),
+            "redis_url": self.redis.url,
+            "redis_password_file": str(self.redis.password_file),
+            "timeout_seconds": 5.0,
+        }
+
+    def write_parameters(self, path: str | pathlib.Path,
+                         kubeconfig: pathlib.Path | None = None) -> pathlib.Path:
+        """Write the lab's parameters file (credentials stay in their files)."""
+        target = pathlib.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        header = "# The local incident lab (paracle-nb sandbox). Generated.\n"
+        partial = target.with_name(f".{target.name}.tmp")
+        partial.write_text(header + yaml.safe_dump(self.parameters, sort_keys=False))
+        partial.replace(target)
+        return target
+
+    def reproduce(self, incident: str, **options: Any) -> Any:
+        """Put the lab into one of :data:`INCIDENTS`; return its evidence."""
+        if incident not in INCIDENTS:
+            raise SandboxError(f"unknown incident {incident!r}; known: "
+                               f"{', '.join(INCIDENTS)}")
+        if incident in self.active:
+            return self.active[incident]
+        start, _ = INCIDENTS[incident]
+        self.active[incident] = start(self, **options)
+        log.info("incident %s reproduced", incident)
+        return self.active[incident]
+
+    @contextlib.contextmanager
+    def incident(self, name: str, **options: Any) -> Iterator[Any]:
+        """Hold the lab in one incident for the ``with`` block, then heal it."""
+        evidence = self.reproduce(name, **options)
+        try:
+            yield evidence
+        finally:
+            self.heal(name)
+
+    def heal(self, incident: str | None = None) -> None:
+        """Take the lab out of one incident, or all of them."""
+        names = [incident] if incident else list(self.active)
+        for name in names:
+            if name in self.active:
+                _, stop = INCIDENTS[name]
+                stop(self, self.active.pop(name))
+
+    def stop(self) -> None:
+        """Release every incident and stop every server we started."""
+        try:
+            self.heal()
+            if self._baseline is not None:
+                self._baseline.release(wait=0)
+        finally:
+            for server in (self.kube, self.redis, self.postgres):
+                try:
+                    server.stop()
+                except Exception as exc:  # stop the others regardless
+                    log.warning("could not stop %s: %s", server, exc)
+            if self._own_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _crashloop(lab: Lab) -> str:
+    lab.kube.load_scenario("crashloop-oom")
+    return "crashloop-oom"
+
+
+def _kube_healthy(lab: Lab, _: Any) -> None:
+    lab.kube.load_scenario("healthy")
+
+
+def _pool(lab: Lab, *, fill_reserved: bool = False) -> incidents.HeldSessions:
+    return incidents.exhaust_connections(lab.postgres, application="paracle-api",
+                                         fill_reserved=fill_reserved)
+
+
+def _pool_all(lab: Lab) -> incidents.HeldSessions:
+    return _pool(lab, fill_reserved=True)
+
+
+def _release(lab: Lab, held: incidents.HeldSessions) -> None:
+    held.release()
+
+
+def _redis_oom(lab: Lab) -> incidents.RedisOOM:
+    return incidents.fill_until_oom(lab.redis)
+
+
+def _redis_recover(lab: Lab, _: Any) -> None:
+    incidents.recover_redis(lab.redis)
+    incidents.seed_redis(lab.redis)
+
+
+# name -> (put the lab into it, take the lab out of it)
+INCIDENTS: dict[str, tuple[Callable[..., Any], Callable[[Lab, Any], None]]] = {
+    "crashloop-oom": (_crashloop, _kube_healthy),
+    "pool-exhausted": (_pool, _release),
+    "pool-exhausted-all-slots": (_pool_all, _release),
+    "redis-oom": (_redis_oom, _redis_recover),
+}
