@@ -167,13 +167,15 @@ def test_pg_stat_statements_sees_application_queries(
 ) -> None:
     marker = uuid.uuid4().hex
     with postgres_server.connect() as conn:
-        # Constants are normalised away; an alias is kept verbatim.
-        conn.execute(f"SELECT 1 AS stmt_{marker}")
-    with postgres_server.connect("paracle_monitor") as conn:
-        calls = conn.execute(
-            "SELECT sum(calls) FROM pg_stat_statements WHERE query LIKE %s",
-            [f"%stmt_{marker}%"],
-        ).fetchone()
+        # Statements are grouped by a query id that ignores constants and
+        # aliases; a fresh table gives this one an id of its own.
+        conn.execute(f"CREATE TEMP TABLE probe_{marker} (x int)")
+        conn.execute(f"SELECT x FROM probe_{marker}")
+        with postgres_server.connect("paracle_monitor") as monitor:
+            calls = monitor.execute(
+                "SELECT sum(calls) FROM pg_stat_statements WHERE query LIKE %s",
+                [f"SELECT x FROM probe_{marker}%"],
+            ).fetchone()
     assert calls == (1,)
 
 
