@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from paracle_nb.errors import SandboxError
-from paracle_nb.sandbox import incidents
+from paracle_nb.sandbox import incidents, schema
 from paracle_nb.sandbox.kubeapi import KubeAPIServer
 from paracle_nb.sandbox.postgres import SRE_ROLE, PostgresServer
 from paracle_nb.sandbox.redis_server import RedisServer
@@ -73,6 +73,7 @@ class Lab:
         # API server speaks plain HTTP on loopback.
         kubeconfig = self.kube.write_kubeconfig(
             self.dir / "kubeconfig", namespace=NAMESPACE, context=CONTEXT)
+        schema.seed_schema(self.postgres)
         # A healthy API keeps a few pooled sessions open and some keys cached.
         self._baseline = incidents.idle_connections(self.postgres, "paracle-api",
                                                     n=5)
