@@ -8,6 +8,7 @@ renamed when complete, so a reader never sees a half-written artifact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -18,6 +19,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -181,8 +183,11 @@ def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
 
     output = staging / f"{notebook.stem}.ipynb"
     started = time.monotonic()
-    failed = _execute(notebook, output, {"parameters_file": str(effective.resolve()),
-                                         **params}, cell_timeout)
+    # Files a runbook writes (a diagnostic bundle) land in its artifact.
+    with _environment(PARACLE_NB_ARTIFACT_DIR=str(staging.resolve())):
+        failed = _execute(notebook, output,
+                          {"parameters_file": str(effective.resolve()), **params},
+                          cell_timeout)
     duration = time.monotonic() - started
 
     verdict = _finish(output, runbook, run_id, target, failed, duration)
@@ -191,6 +196,21 @@ def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
     log.info("artifact written to %s", final)
     return RunResult(run_id, final, final / output.name,
                      final / output.with_suffix(".html").name, verdict, failed)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the kernel about to start; restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _without_passwords(values: dict[str, Any]) -> dict[str, Any]:
