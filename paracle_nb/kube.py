@@ -300,3 +300,25 @@ def previous_logs_table(target: Target, containers: pd.DataFrame,
                      "last_line": lines[-1] if lines else "", "log": text})
     return pd.DataFrame(rows, columns=["pod", "container", "restarts", "last_line",
                                        "log"])
+
+
+_LISTS = {
+    "pods": ("core", "list_namespaced_pod"),
+    "events": ("core", "list_namespaced_event"),
+    "services": ("core", "list_namespaced_service"),
+    "endpoints": ("core", "list_namespaced_endpoints"),
+    "configmaps": ("core", "list_namespaced_config_map"),
+    "deployments": ("apps", "list_namespaced_deployment"),
+    "replicasets": ("apps", "list_namespaced_replica_set"),
+    "statefulsets": ("apps", "list_namespaced_stateful_set"),
+}
+
+
+def list_namespaced(target: Target, resource: str, selector: str | None = None
+                    ) -> list[dict[str, Any]]:
+    """Return every object of one kind in the target's namespace, as sent."""
+    group, method = _LISTS[resource]
+    api = _core(target) if group == "core" else _apps(target)
+    body = _call(target, f"list {resource} in {target.namespace}",
+                 getattr(api, method), target.namespace, label_selector=selector or "")
+    return list(body.get("items", []))
