@@ -1,0 +1,60 @@
+"""Traceback extraction and grouping on log text as the API writes it."""
+
+from paracle_nb.tracebacks import extract, group
+
+LOG = '''\
+ts=2026-12-04T10:00:00Z level=info logger=paracle.api msg="request finished" status=200
+ts=2026-12-04T10:00:01Z level=error logger=paracle.api msg="unhandled exception" request_id=a1
+Traceback (most recent call last):
+  File "/app/paracle/api/routes.py", line 88, in run_agent
+    result = executor.run(agent, payload)
+  File "/app/paracle/executor.py", line 142, in run
+    tokens = payload["max_tokens"]
+KeyError: 'max_tokens'
+ts=2026-12-04T10:00:02Z level=error logger=paracle.api msg="unhandled exception" request_id=a2
+Traceback (most recent call last):
+  File "/app/paracle/api/routes.py", line 88, in run_agent
+    result = executor.run(agent, payload)
+  File "/app/paracle/executor.py", line 142, in run
+    tokens = payload["max_tokens"]
+KeyError: 'max_tokens'
+ts=2026-12-04T10:00:03Z level=error logger=paracle.api msg="unhandled exception" request_id=a3
+Traceback (most recent call last):
+  File "/app/paracle/config.py", line 31, in llm_timeout
+    return int(os.environ["LLM_TIMEOUT"])
+ValueError: invalid literal for int() with base 10: 'sixty'
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/app/paracle/api/routes.py", line 90, in run_agent
+    timeout = config.llm_timeout()
+  File "/app/paracle/config.py", line 33, in llm_timeout
+    raise ConfigError("LLM_TIMEOUT must be a number of seconds, got 'sixty'")
+paracle.config.ConfigError: LLM_TIMEOUT must be a number of seconds, got 'sixty'
+ts=2026-12-04T10:00:04Z level=info logger=paracle.api msg="request finished" status=200
+'''
+
+
+def test_extract_finds_each_traceback_and_the_last_of_a_chain():
+    found = extract(LOG.splitlines(), source="pod-a")
+    assert [tb.exception for tb in found] == [
+        "KeyError", "KeyError", "paracle.config.ConfigError"]
+    assert found[0].innermost == "/app/paracle/executor.py:142 in run"
+    assert found[2].message.startswith("LLM_TIMEOUT must be a number")
+    assert "request_id=a3" in found[2].context
+
+
+def test_group_counts_one_row_per_bug():
+    found = extract(LOG.splitlines(), "pod-a") + extract(LOG.splitlines(), "pod-b")
+    grouped = group(found)
+    top = grouped.iloc[0]
+    assert (top["exception"], top["count"]) == ("KeyError", 4)
+    assert top["sources"] == "pod-a, pod-b"
+    assert len(grouped) == 2
+
+
+def test_kubectl_timestamps_are_tolerated_and_empty_is_empty():
+    stamped = ["2026-12-04T10:00:01.5Z " + line for line in LOG.splitlines()]
+    assert len(extract(stamped)) == 3
+    assert group([]).empty
