@@ -1,0 +1,98 @@
+"""Why are LLM provider calls failing?"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from paracle_nb.findings import Finding, Severity
+from paracle_nb.runbook import available
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CATEGORIES = {
+    "rate-limited": ("llm-rate-limited", "Rate limit exceeded (429)"),
+    "invalid-key": ("llm-invalid-key", "Invalid API key (401/403)"),
+    "outage": ("llm-provider-outage", "Service unavailable (5xx or timeout)"),
+}
+
+
+def categorize(status: Any, error: Any) -> str | None:
+    """Return the guide's category of one failed LLM call."""
+    text = str(error or "").lower()
+    code = int(status) if str(status or "").isdigit() else None
+    if code == 429 or "rate limit" in text:
+        return "rate-limited"
+    if code in (401, 403) or "api key" in text or "unauthorized" in text:
+        return "invalid-key"
+    if (code is not None and code >= 500) or "timeout" in text or \
+            "timed out" in text or "unavailable" in text:
+        return "outage"
+    return None
+
+
+def llm_errors(log: pd.DataFrame) -> pd.DataFrame:
+    """Return failed LLM calls counted per provider and category."""
+    import pandas as pd
+
+    columns = ["provider", "category", "count", "last_seen", "example"]
+    if log.empty or "provider" not in log.columns:
+        return pd.DataFrame(columns=columns)
+    failed = log[(log.get("logger") == "paracle.llm")
+                 & log["level"].isin(["error", "warning"])].copy()
+    if failed.empty:
+        return pd.DataFrame(columns=columns)
+    failed["category"] = [categorize(s, e) for s, e in
+                          zip(failed.get("status"), failed.get("error"), strict=True)]
+    failed = failed.dropna(subset=["category"])
+    grouped = failed.groupby(["provider", "category"], as_index=False).agg(
+        count=("category", "size"), last_seen=("ts", "max"),
+        example=("error", "last"))
+    return grouped.sort_values("count", ascending=False, ignore_index=True)[columns]
+
+
+def diagnose_llm(errors: Any, keys: Any = None, pages: Any = None, *,
+                 min_errors: int = 5) -> list[Finding]:
+    """Return one finding per provider and category with enough failures."""
+    if not available(errors) or errors.empty:
+        return []
+    findings = []
+    for row in errors.itertuples():
+        if row.count < min_errors:
+            continue
+        cause, label = CATEGORIES[row.category]
+        evidence: dict[str, Any] = {"provider": row.provider,
+                                    "failed_calls": int(row.count),
+                                    "last_seen": str(row.last_seen),
+                                    "example_error": row.example}
+        if row.category == "invalid-key" and available(keys):
+            evidence.update(_key_evidence(keys, row.provider))
+        if available(pages) and not pages.empty:
+            evidence["status_pages"] = pages[["url", "indicator"]].to_dict("records")
+        findings.append(Finding(
+            cause, Severity.CRITICAL,
+            f"{row.provider}: {int(row.count)} failed calls — {label}.",
+            evidence, step="Check recent errors"))
+    return findings
+
+
+def _key_evidence(keys: pd.DataFrame, provider: str) -> dict[str, Any]:
+    from paracle_nb.llm import PROVIDER_KEYS
+
+    name = PROVIDER_KEYS.get(provider)
+    row = keys[keys["key"] == name]
+    if row.empty:
+        return {}
+    first = row.iloc[0]
+    return {"secret_key": name, "key_present": bool(first["present"]),
+            "key_fingerprint": first["fingerprint"], "key_shape": first["shape"]}
+
+
+def describe_llm_errors(errors: Any) -> str:
+    """Return one sentence on failed LLM calls."""
+    if not available(errors):
+        return "API logs unavailable."
+    if errors.empty:
+        return "No failed LLM call in the API's logs."
+    parts = [f"{r.provider} {r.category} x{int(r.count)}" for r in errors.itertuples()]
+    return "Failed LLM calls: " + ", ".join(parts) + "."
