@@ -215,3 +215,265 @@ def plan_maxmemory(memory: Any, new_maxmemory: str) -> Plan:
              "(fork for persistence needs headroom)."]
     return Plan("raise maxmemory", changes, f"CONFIG SET maxmemory {new_maxmemory}",
                 notes)
+
+
+# -- scheduling and service access (Kubernetes) -------------------------------------
+
+def _kubectl_patch(kind: str, name: str, namespace: str, patch: Any,
+                   patch_type: str = "merge") -> str:
+    import json
+
+    return shlex.join(["kubectl", "patch", kind, name, "-n", namespace,
+                       f"--type={patch_type}", "-p",
+                       json.dumps(patch, separators=(",", ":"))])
+
+
+def _pod_template(target: Target, deployment: str) -> dict[str, Any]:
+    return dict(kube.get_deployment(target, deployment)["spec"]["template"]["spec"])
+
+
+def plan_reduce_requests(target: Target, deployment: str, container: str,
+                         evidence: dict[str, Any]) -> Plan:
+    """Plan lowering a container's request so the pending pods fit the nodes.
+
+    ``evidence`` is an ``insufficient-resources`` finding's: the resource and
+    the per-pod request that places every pending pod on today's free room.
+    """
+    resource, fits = evidence["resource"], evidence.get("request_that_fits")
+    containers = _pod_template(target, deployment)["containers"]
+    current = next(c for c in containers if c["name"] == container)
+    before = (current.get("resources") or {}).get("requests", {}).get(resource)
+    others = sum(parse_quantity((c.get("resources") or {}).get("requests", {})
+                                .get(resource)) or 0.0
+                 for c in containers if c["name"] != container)
+    step = 0.05 if resource == "cpu" else float(2**20)
+    new = int(((fits or 0.0) - others) / step) * step
+    after = (f"{round(new * 1000)}m" if resource == "cpu"
+             else f"{int(new // 2**20)}Mi") if new > 0 else "(no request fits)"
+
+    changes = _frame([{"object": f"deployment/{deployment}",
+                       "field": f"containers[{container}].resources.requests."
+                                f"{resource}",
+                       "before": before or "(none)", "after": after}],
+                     ["object", "field", "before", "after"])
+    command = shlex.join(["kubectl", "set", "resources", f"deployment/{deployment}",
+                          "-c", container, f"--requests={resource}={after}",
+                          "-n", target.namespace]) if new > 0 else "# add nodes"
+    notes = [f"The largest request that places all {evidence.get('pending_pods')} "
+             "pending pod(s) on the room free today; a rolling update follows.",
+             "Check real usage first (kubectl top pod): a request below it "
+             "invites CPU throttling or eviction.",
+             "The other fix is more room: add nodes to the node group."]
+    return Plan(f"lower {resource} request of {deployment}/{container}", changes,
+                command, notes)
+
+
+def plan_remove_node_selector(target: Target, deployment: str,
+                              evidence: dict[str, Any]) -> Plan:
+    """Plan removing the node selector entries that no node satisfies."""
+    selector = _pod_template(target, deployment).get("nodeSelector") or {}
+    keys = [k for k in evidence.get("selector", {}) if k in selector]
+    rows = [{"object": f"deployment/{deployment}",
+             "field": f"nodeSelector.{k}", "before": selector[k],
+             "after": "(removed)"} for k in keys]
+    patch = {"spec": {"template": {"spec": {"nodeSelector": dict.fromkeys(keys)}}}}
+    notes = ["Or, if the pods really need such nodes, label the right nodes: "
+             "kubectl label node <node> <key>=<value>.",
+             "Required node affinity is not patched here: edit it by hand."]
+    return Plan(f"remove unmatched node selector of {deployment}",
+                _frame(rows, ["object", "field", "before", "after"]),
+                _kubectl_patch("deployment", deployment, target.namespace, patch)
+                if keys else "# nothing in nodeSelector to remove", notes)
+
+
+def plan_add_toleration(target: Target, deployment: str,
+                        evidence: dict[str, Any]) -> Plan:
+    """Plan adding a toleration for the taint that keeps the pods off every node."""
+    tolerations = list(_pod_template(target, deployment).get("tolerations") or [])
+    toleration = {"key": evidence["taint_key"], "operator": "Equal",
+                  "value": evidence["taint_value"], "effect": evidence["taint_effect"]}
+    if not evidence["taint_value"]:
+        toleration = {"key": evidence["taint_key"], "operator": "Exists",
+                      "effect": evidence["taint_effect"]}
+    patch = {"spec": {"template": {"spec": {"tolerations": [*tolerations,
+                                                            toleration]}}}}
+    changes = _frame([{"object": f"deployment/{deployment}", "field": "tolerations",
+                       "before": len(tolerations), "after": len(tolerations) + 1,
+                       "added": json_text(toleration)}],
+                     ["object", "field", "before", "after", "added"])
+    value = f"={evidence['taint_value']}" if evidence["taint_value"] else ""
+    taint = f"{evidence['taint_key']}{value}:{evidence['taint_effect']}"
+    notes = ["A taint is usually there on purpose: tolerate it only if the API "
+             "belongs on those nodes.",
+             f"Or remove the taint: kubectl taint nodes "
+             f"{' '.join(evidence.get('nodes', []))} {taint}-"]
+    return Plan(f"tolerate {taint} in {deployment}", changes,
+                _kubectl_patch("deployment", deployment, target.namespace, patch),
+                notes)
+
+
+def json_text(value: Any) -> str:
+    """Return a value as compact JSON (for a plan's table)."""
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+def plan_pdb_budget(target: Target, evidence: dict[str, Any]) -> Plan:
+    """Plan loosening a PDB that allows no disruption, never deleting it."""
+    pdb, expected = evidence["pdb"], int(evidence.get("expected_pods") or 0)
+    min_available = evidence.get("min_available")
+    if isinstance(min_available, int) and expected > 1:
+        rows = [{"field": "minAvailable", "before": min_available,
+                 "after": expected - 1}]
+        patch: dict[str, Any] = {"spec": {"minAvailable": expected - 1}}
+    else:
+        rows = [{"field": "minAvailable", "before": min_available,
+                 "after": "(removed)"},
+                {"field": "maxUnavailable",
+                 "before": evidence.get("max_unavailable"), "after": 1}]
+        patch = {"spec": {"minAvailable": None, "maxUnavailable": 1}}
+    notes = ["Never delete the PDB: it keeps a drain from taking every API pod "
+             "at once.",
+             "Or scale the deployment up by one first: the same budget then "
+             "allows one eviction.",
+             "Set the budget back after the drain if it was meant to be strict."]
+    return Plan(f"let PDB {pdb} allow one disruption",
+                _frame([{"object": f"poddisruptionbudget/{pdb}", **r} for r in rows],
+                       ["object", "field", "before", "after"]),
+                _kubectl_patch("pdb", pdb, target.namespace, patch), notes)
+
+
+def plan_service_selector(target: Target, service: str,
+                          evidence: dict[str, Any]) -> Plan:
+    """Plan setting a service's selector to the labels its pods really have."""
+    fixed: dict[str, str | None] = {}
+    rows = []
+    for key, seen in (evidence.get("mismatched") or {}).items():
+        have = [v for v in seen["pods_have"] if v != "(absent)"]
+        fixed[key] = have[0] if len(have) == 1 and len(seen["pods_have"]) == 1 \
+            else None
+        rows.append({"object": f"service/{service}", "field": f"selector.{key}",
+                     "before": seen["wanted"], "after": fixed[key] or "(removed)"})
+    patch = {"spec": {"selector": fixed}}
+    notes = ["Check that the new selector picks only the API pods: kubectl get "
+             f"pods -n {target.namespace} -l <selector>.",
+             "Endpoints follow within seconds; no pod restarts."]
+    return Plan(f"fix the selector of service {service}",
+                _frame(rows, ["object", "field", "before", "after"]),
+                _kubectl_patch("service", service, target.namespace, patch), notes)
+
+
+def plan_ingress_backend(target: Target, evidence: dict[str, Any],
+                         service: str) -> Plan:
+    """Plan pointing an ingress route at a service and port that exist."""
+    ingress, field = evidence["ingress"], evidence["backend_field"]
+    ports = evidence.get("service_ports") or []
+    rows: list[dict[str, Any]] = []
+    ops: list[dict[str, Any]] = []
+    if evidence["missing"] == "service":
+        rows.append({"field": f"{field}/service/name",
+                     "before": evidence["backend_service"], "after": service})
+        ops.append({"op": "replace", "path": f"{field}/service/name",
+                    "value": service})
+    elif len(ports) == 1:
+        number = int(ports[0].split()[0])
+        rows.append({"field": f"{field}/service/port",
+                     "before": evidence["backend_port"], "after": number})
+        ops.append({"op": "replace", "path": f"{field}/service/port",
+                    "value": {"number": number}})
+    notes = [f"Route {evidence['host']}{evidence['path']}; the controller "
+             "reloads within seconds.",
+             "Check the service first: kubectl get svc -n "
+             f"{target.namespace} {evidence['backend_service']}."]
+    return Plan(f"fix the backend of ingress {ingress}",
+                _frame([{"object": f"ingress/{ingress}", **r} for r in rows],
+                       ["object", "field", "before", "after"]),
+                _kubectl_patch("ingress", ingress, target.namespace, ops, "json")
+                if ops else "# choose the backend port by hand", notes)
+
+
+def plan_dns_check(target: Target, service: str, port: int | None = None) -> Plan:
+    """Plan the in-cluster check of the guide: resolve and call the service.
+
+    Shown, never run: it starts a short-lived pod in the cluster.
+    """
+    name = f"{service}.{target.namespace}.svc.cluster.local"
+    base = ["kubectl", "run", "dns-check", "-it", "--rm", "--restart=Never",
+            "--image=busybox:1.36", "-n", target.namespace, "--"]
+    command = "\n".join([shlex.join([*base, "nslookup", name]),
+                         shlex.join([*base, "wget", "-qO-", "-T", "5",
+                                     f"http://{name}:{port or 80}/health"])])
+    changes = _frame([{"object": "pod/dns-check", "image": "busybox:1.36",
+                       "lifetime": "deleted when the command ends"}],
+                     ["object", "image", "lifetime"])
+    notes = ["Not run by the runbook: it creates a pod in the namespace.",
+             "NXDOMAIN or a timeout with CoreDNS down: DNS; an answer but no "
+             "HTTP reply: the service or its pods."]
+    return Plan(f"check {name} from inside the cluster", changes, command, notes)
+
+
+# -- high API latency -----------------------------------------------------------
+
+def plan_create_index(target: Target, table: str | None, columns: list[str]
+                      ) -> Plan:
+    """Plan ``CREATE INDEX CONCURRENTLY`` on the columns a slow statement filters.
+
+    Reads the table's scans and indexes first: an index that already leads
+    with those columns is not planned again.
+    """
+    from paracle_nb import postgres
+
+    columns_shown = ["table", "columns", "index", "rows", "seq_scan",
+                     "existing_index"]
+    if not table or not columns:
+        return Plan("create an index", _frame([], columns_shown),
+                    "-- no slow statement to index")
+    with postgres.connect(target) as conn:
+        stats = postgres._query(conn, """
+            SELECT n_live_tup AS rows, seq_scan FROM pg_stat_user_tables
+             WHERE relname = %s""", [table])
+        indexes = postgres._query(conn, """
+            SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s""",
+                                  [table])
+    wanted = f"({', '.join(columns)})"
+    existing = next((i["indexname"] for i in indexes
+                     if wanted in i["indexdef"]), None)
+    name = f"idx_{table}_{'_'.join(columns)}"[:63]
+    row = {"table": table, "columns": ", ".join(columns), "index": name,
+           "rows": stats[0]["rows"] if stats else None,
+           "seq_scan": stats[0]["seq_scan"] if stats else None,
+           "existing_index": existing or "(none)"}
+    if existing:
+        return Plan(f"index {table} {wanted}: exists ({existing})",
+                    _frame([], columns_shown), "-- the index exists; check the "
+                    "statement's plan with EXPLAIN instead")
+    command = f"CREATE INDEX CONCURRENTLY {name} ON {table} {wanted};"
+    notes = ["CONCURRENTLY builds without blocking writes; it takes longer and "
+             "cannot run inside a transaction block.",
+             "A failed build leaves an INVALID index: drop it and build again.",
+             "Check the plan afterwards: EXPLAIN the statement, expect an "
+             "Index Scan on the new index."]
+    return Plan(f"index {table} {wanted}", _frame([row], columns_shown), command,
+                notes)
+
+
+def plan_scale_replicas(target: Target, deployment: str, replicas: int | None
+                        ) -> Plan:
+    """Plan scaling a deployment to ``replicas`` (None: one more than now)."""
+    spec = kube.get_deployment(target, deployment)
+    before = int(spec["spec"].get("replicas") or 0)
+    after = max(int(replicas or before + 1), before)
+    changes = _frame([{"object": f"deployment/{deployment}", "field": "replicas",
+                       "before": before, "after": after}],
+                     ["object", "field", "before", "after"])
+    command = shlex.join(["kubectl", "scale", f"deployment/{deployment}",
+                          f"--replicas={after}", "-n", target.namespace])
+    notes = ["Each replica opens its own database pool: check that replicas x "
+             "(DB_POOL_SIZE + DB_MAX_OVERFLOW) stays under max_connections.",
+             "New pods need room on the nodes; check allocatable first.",
+             "If the load is abusive rather than real, a lower RATE_LIMIT is the "
+             "other fix."]
+    return Plan(f"scale {deployment} from {before} to {after} replicas", changes,
+                command, notes)
+

@@ -109,6 +109,18 @@ def _apps(target: Target) -> Any:
     return client.AppsV1Api(api_client(target))
 
 
+def _policy(target: Target) -> Any:
+    from kubernetes import client
+
+    return client.PolicyV1Api(api_client(target))
+
+
+def _networking(target: Target) -> Any:
+    from kubernetes import client
+
+    return client.NetworkingV1Api(api_client(target))
+
+
 def list_pods(target: Target, selector: str | None = None,
               namespace: str | None = None) -> list[dict[str, Any]]:
     """Return the pods matching a label selector, as the API sent them."""
@@ -122,6 +134,13 @@ def get_deployment(target: Target, name: str) -> dict[str, Any]:
     """Return one deployment of the target's namespace."""
     return dict(_call(target, f"read deployment {name}",
                       _apps(target).read_namespaced_deployment,
+                      name, target.namespace))
+
+
+def get_config_map(target: Target, name: str) -> dict[str, Any]:
+    """Return one ConfigMap of the target's namespace."""
+    return dict(_call(target, f"read configmap {name}",
+                      _core(target).read_namespaced_config_map,
                       name, target.namespace))
 
 

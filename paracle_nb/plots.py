@@ -171,3 +171,157 @@ def pod_memory_plot(containers: Any, metrics: Any, container: str) -> Plot | Non
     axes.set_title(f"Container '{container}': memory against limit")
     axes.legend(loc="lower right", fontsize=8)
     return Plot(figure, "pod memory")
+
+
+def node_requests_plot(allocation: Any, fit: Any = None) -> Plot | None:
+    """Requests per node against allocatable, CPU and memory side by side.
+
+    With a pending pod (a fit table), its request is drawn as a line from
+    where each node's requests end: past the allocatable mark, it does not fit.
+    """
+    from matplotlib.figure import Figure
+
+    if not available(allocation) or allocation.empty:
+        return None
+    nodes = list(allocation["node"])
+    figure = Figure(figsize=(9, 2.0 + 0.45 * len(nodes)), layout="constrained")
+    pending = fit.iloc[0] if available(fit) and not fit.empty else None
+
+    gib = 2**30
+    for index, (resource, unit, scale) in enumerate((("cpu", "cores", 1.0),
+                                                     ("memory", "GiB", gib))):
+        axes = figure.add_subplot(1, 2, index + 1)
+        axes.spines[["top", "right"]].set_visible(False)
+        axes.grid(axis="x", alpha=0.3)
+        suffix = "_bytes" if resource == "memory" else ""
+        requested = allocation[f"{resource}_requested{suffix}"] / scale
+        allocatable = allocation[f"{resource}_allocatable{suffix}"] / scale
+        axes.barh(nodes, requested, color=PALETTE[0], label="requested")
+        for y, limit in enumerate(allocatable):
+            axes.plot([limit, limit], [y - 0.4, y + 0.4], color=LIMIT_COLOUR,
+                      label="allocatable" if y == 0 else None)
+        reach, title = float(allocatable.max()), f"{resource}"
+        if pending is not None:
+            request = float(pending[f"{resource}_request{suffix}"]) / scale
+            reach = max(reach, float(requested.max()) + request)
+            title += f" (pending pod asks {request:.2f} {unit})"
+            for y, start in enumerate(requested):
+                axes.plot([start, start + request], [y, y], color=PALETTE[1],
+                          linewidth=3, linestyle="--",
+                          label="pending pod's request, added to the node's"
+                          if y == 0 else None)
+        axes.set_xlim(0, reach * 1.25)
+        axes.set_xlabel(unit)
+        axes.set_title(title, fontsize=10)
+        if index:
+            axes.tick_params(labelleft=False)
+    handles, labels = axes.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8,
+                  frameon=False)
+    figure.suptitle("Node requests against allocatable")
+    return Plot(figure, "node requests")
+
+
+def statements_plot(statements: Any, slow_ms: float, top: int = 8) -> Plot | None:
+    """The slowest statements' mean time, against the slow-statement threshold."""
+    if not available(statements):
+        return None
+    head = statements.head(top).iloc[::-1]
+    figure, axes = _figure(8, 1.2 + 0.4 * max(1, len(head)))
+
+    labels = [f"#{len(head) - i} {_statement_label(q)}"
+              for i, q in enumerate(head["query"])]
+    colours = [LIMIT_COLOUR if slow else PALETTE[0] for slow in head["slow"]]
+    axes.barh(labels, head["mean_ms"], color=colours)
+    for y, (mean, calls) in enumerate(zip(head["mean_ms"], head["calls"],
+                                          strict=True)):
+        axes.annotate(f" {mean:.0f} ms x{int(calls)}", (mean, y), va="center",
+                      fontsize=7)
+    axes.axvline(slow_ms, color=LIMIT_COLOUR, linestyle="--",
+                 label=f"slow_ms ({slow_ms:g} ms)")
+    reach = max([slow_ms, *[float(m) for m in head["mean_ms"]]])
+    axes.set_xlim(0, reach * 1.3)
+    axes.tick_params(axis="y", labelsize=7)
+    axes.set_xlabel("mean execution time (ms)")
+    axes.set_title("Slowest statements (pg_stat_statements)")
+    axes.legend(loc="lower right", fontsize=8)
+    return Plot(figure, "slowest statements")
+
+
+def _statement_label(query: str, width: int = 48) -> str:
+    text = " ".join(str(query).split())
+    text = text if len(text) <= width else text[:width - 1] + "…"
+    # A `$1` placeholder would otherwise start matplotlib's math mode.
+    return text.replace("$", r"\$")
+
+
+def redis_clients_plot(by_name: Any, limits: Any, top: int = 6) -> Plot | None:
+    """Redis clients by name, stacked, against maxclients."""
+    if not available(limits) or not limits["maxclients"]:
+        return None
+    figure, axes = _figure(8, 1.6)
+
+    totals: list[tuple[str, int]] = []
+    if available(by_name) and not by_name.empty:
+        summed = by_name.groupby("name")["clients"].sum().sort_values(
+            ascending=False)
+        totals = [(str(n), int(c)) for n, c in summed.head(top).items()]
+        rest = int(summed.iloc[top:].sum())
+        if rest:
+            totals.append(("other names", rest))
+    listed = sum(count for _, count in totals)
+    # Connections CLIENT LIST leaves out: this runbook's own.
+    unlisted = limits["connected_clients"] - listed
+    if unlisted > 0:
+        totals.append(("this runbook", unlisted))
+
+    left = 0
+    for (name, count), colour in zip(totals, PALETTE * 2, strict=False):
+        axes.barh(["clients"], [count], left=left, color=colour,
+                  label=f"{name} ({count})".replace("$", r"\$"))
+        left += count
+    maxclients = limits["maxclients"]
+    axes.axvline(maxclients, color=LIMIT_COLOUR,
+                 label=f"maxclients ({maxclients})")
+    axes.set_xlim(0, max(left, maxclients) * 1.08)
+    axes.set_xlabel("connected clients")
+    axes.set_title("Redis clients by name against maxclients")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
+                frameon=False)
+    return Plot(figure, "redis clients")
+
+
+def latency_plot(series: Any, threshold: float = 1.0,
+                 title: str = "API latency") -> Plot | None:
+    """Latency quantiles over time (seconds), against the threshold line.
+
+    ``series`` is long form: one row per ``series`` name and ``time``, with
+    its ``value`` in seconds (see :func:`paracle_nb.latency.latency_over_time`).
+    """
+    import matplotlib.dates as mdates
+
+    if not available(series):
+        return None
+    figure, axes = _figure(8, 3.2)
+    axes.grid(axis="y", alpha=0.3)
+
+    names = sorted(series["series"].unique()) if not series.empty else []
+    for name, colour in zip(names, PALETTE, strict=False):
+        rows = series[series["series"] == name].sort_values("time")
+        axes.plot(rows["time"], rows["value"], color=colour, label=str(name),
+                  linewidth=1.8 if name == "p95" else 1.0)
+    axes.axhline(threshold, color=LIMIT_COLOUR, linestyle="--",
+                 label=f"threshold ({threshold:g} s)")
+    peak = series["value"].max() if not series.empty else float("nan")
+    top = max(threshold, peak) if peak == peak else threshold
+    axes.set_ylim(0, top * 1.2)
+    if not names:
+        axes.text(0.5, 0.5, "no requests in this range", ha="center",
+                  va="center", transform=axes.transAxes, color="#757575")
+
+    axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+    axes.set_xlabel("time (UTC)")
+    axes.set_ylabel("seconds")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize=8, frameon=False)
+    return Plot(figure, "api latency")

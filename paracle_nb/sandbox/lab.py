@@ -11,9 +11,11 @@ one of the guide's incidents and back::
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import pathlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,10 +25,13 @@ from typing import Any
 import yaml
 
 from paracle_nb.errors import SandboxError
-from paracle_nb.sandbox import incidents, schema
+from paracle_nb.sandbox import db_incidents, incidents, redis_incidents, schema
+from paracle_nb.sandbox import latency_incidents as latency
 from paracle_nb.sandbox.kubeapi import KubeAPIServer
-from paracle_nb.sandbox.postgres import SRE_ROLE, PostgresServer
+from paracle_nb.sandbox.live import LiveServices
+from paracle_nb.sandbox.postgres import APP_ROLE, SRE_ROLE, PostgresServer
 from paracle_nb.sandbox.redis_server import RedisServer
+from paracle_nb.secrets import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class Lab:
         self.redis = RedisServer(maxmemory=redis_maxmemory,
                                  maxmemory_policy="noeviction")
         self.kube = KubeAPIServer()
+        # LLM providers, the API stand-in and Prometheus (when installed).
+        self.live = LiveServices()
         self.parameters_file = self.dir / "parameters.yaml"
         self.active: dict[str, Any] = {}
         self._baseline: incidents.HeldSessions | None = None
@@ -68,7 +75,7 @@ class Lab:
             self.stop()
             raise
 
-        self.kube.load_scenario("healthy")
+        self.load_scenario("healthy")
         # No token: kubectl sends credentials only over TLS, and the lab's
         # API server speaks plain HTTP on loopback.
         kubeconfig = self.kube.write_kubeconfig(
@@ -78,6 +85,11 @@ class Lab:
         self._baseline = incidents.idle_connections(self.postgres, "paracle-api",
                                                     n=5)
         incidents.seed_redis(self.redis)
+        try:
+            self.live.start(self, NAMESPACE)
+        except BaseException:
+            self.stop()
+            raise
         self.write_parameters(self.parameters_file, kubeconfig)
         log.info("lab up: postgres :%s, redis :%s, kubernetes %s",
                  self.postgres.port, self.redis.port, self.kube.url)
@@ -97,6 +109,7 @@ class Lab:
             "redis_url": self.redis.url,
             "redis_password_file": str(self.redis.password_file),
             "timeout_seconds": 5.0,
+            **self.live.parameters,
         }
 
     def write_parameters(self, path: str | pathlib.Path,
@@ -109,6 +122,33 @@ class Lab:
         partial.write_text(header + yaml.safe_dump(self.parameters, sort_keys=False))
         partial.replace(target)
         return target
+
+    def load_scenario(self, name: str) -> None:
+        """Serve a scenario whose API Secret points at the lab's Postgres."""
+        self.kube.load_scenario(name)
+        self.write_database_url()
+
+    def write_database_url(self, password: str | None = None) -> str:
+        """Set the API's DATABASE_URL to the lab Postgres; return its fingerprint.
+
+        The app role with its real password unless ``password`` is given
+        (a stale one, for the connection-failure incident).
+        """
+        password = password or self.postgres.password(APP_ROLE)
+        url = (f"postgresql://{APP_ROLE}:{password}@{self.postgres.host}:"
+               f"{self.postgres.port}/paracle")
+        self.write_secret("paracle-secrets", {"DATABASE_URL": url})
+        return fingerprint(url)
+
+    def write_secret(self, name: str, values: dict[str, str]) -> None:
+        """Set keys of a Secret in the lab namespace (base64, as a cluster does)."""
+        secret = self.kube.store.get("Secret", NAMESPACE, name) or {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": NAMESPACE}}
+        data = secret.setdefault("data", {})
+        for key, value in values.items():
+            data[key] = base64.b64encode(value.encode()).decode()
+        self.kube.store.put(secret)
 
     def reproduce(self, incident: str, **options: Any) -> Any:
         """Put the lab into one of :data:`INCIDENTS`; return its evidence."""
@@ -146,6 +186,7 @@ class Lab:
             if self._baseline is not None:
                 self._baseline.release(wait=0)
         finally:
+            self.live.stop()
             for server in (self.kube, self.redis, self.postgres):
                 try:
                     server.stop()
@@ -156,12 +197,26 @@ class Lab:
 
 
 def _crashloop(lab: Lab) -> str:
-    lab.kube.load_scenario("crashloop-oom")
+    lab.load_scenario("crashloop-oom")
     return "crashloop-oom"
 
 
 def _kube_healthy(lab: Lab, _: Any) -> None:
-    lab.kube.load_scenario("healthy")
+    lab.load_scenario("healthy")
+
+
+def _database_refused(lab: Lab) -> dict[str, str]:
+    lab.load_scenario("crashloop-db-connection")
+    # The role's password was rotated; the Secret kept the old one.
+    stale = secrets.token_urlsafe(18)
+    return {"secret_fingerprint": lab.write_database_url(stale), "user": APP_ROLE}
+
+
+def _scenario(name: str) -> Callable[[Lab], str]:
+    def load(lab: Lab) -> str:
+        lab.load_scenario(name)
+        return name
+    return load
 
 
 def _pool(lab: Lab, *, fill_reserved: bool = False) -> incidents.HeldSessions:
@@ -189,7 +244,39 @@ def _redis_recover(lab: Lab, _: Any) -> None:
 # name -> (put the lab into it, take the lab out of it)
 INCIDENTS: dict[str, tuple[Callable[..., Any], Callable[[Lab, Any], None]]] = {
     "crashloop-oom": (_crashloop, _kube_healthy),
+    "crashloop-db-connection": (_database_refused, _kube_healthy),
+    "crashloop-missing-env": (_scenario("crashloop-missing-env"), _kube_healthy),
+    "image-pull-error": (_scenario("image-pull-error"), _kube_healthy),
     "pool-exhausted": (_pool, _release),
     "pool-exhausted-all-slots": (_pool_all, _release),
     "redis-oom": (_redis_oom, _redis_recover),
+    # Slow database queries: real sessions of the API.
+    "slow-queries": (db_incidents.start_slow_queries, db_incidents.stop),
+    "lock-contention": (db_incidents.start_lock_contention, db_incidents.stop),
+    "long-running-query": (db_incidents.start_long_running_query,
+                           db_incidents.stop),
+    # Redis connections and latency.
+    "redis-max-clients": (redis_incidents.start_max_clients,
+                          redis_incidents.stop),
+    "redis-max-clients-full": (redis_incidents.start_max_clients_full,
+                               redis_incidents.stop),
+    "redis-idle-connections": (redis_incidents.start_idle_connections,
+                               redis_incidents.stop),
+    "redis-slow": (redis_incidents.start_slow, redis_incidents.stop),
+    # Scheduling and service access: cluster state only.
+    "pending-insufficient-cpu": (_scenario("pending-insufficient-cpu"), _kube_healthy),
+    "pending-node-selector": (_scenario("pending-node-selector"), _kube_healthy),
+    "pending-taint": (_scenario("pending-taint"), _kube_healthy),
+    "pdb-blocking": (_scenario("pdb-blocking"), _kube_healthy),
+    "service-selector-mismatch": (_scenario("service-selector-mismatch"),
+                                  _kube_healthy),
+    "service-no-endpoints": (_scenario("service-no-endpoints"), _kube_healthy),
+    "ingress-backend-missing": (_scenario("ingress-backend-missing"), _kube_healthy),
+    "load-balancer-pending": (_scenario("load-balancer-pending"), _kube_healthy),
+    "dns-down": (_scenario("dns-down"), _kube_healthy),
+    # High API latency: the API stand-in under load, one cause at a time.
+    "latency-slow-db": (latency.slow_db, latency.heal),
+    "latency-llm-timeout": (latency.llm_timeout, latency.heal),
+    "latency-slow-redis": (latency.slow_redis, latency.heal),
+    "latency-concurrency": (latency.too_many_requests, latency.heal),
 }

@@ -68,6 +68,8 @@ class RedisServer:
         self._password = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._token: int | None = None
+        # Redis 7 refuses DEBUG unless allowed; the slow-Redis incident needs it.
+        self._allow_debug = False
 
     def __repr__(self) -> str:
         state = f"port={self.port} pid={self.pid}" if self._proc else "stopped"
@@ -133,6 +135,7 @@ class RedisServer:
         )
         self._password = secrets.token_urlsafe(24)
         procs.write_private(self.password_file, self._password)
+        self._allow_debug = procs.binary_version(binary) >= (7,)
         try:
             self._spawn(binary)
         except BaseException:
@@ -234,6 +237,8 @@ class RedisServer:
             ("dir", str(self._dir)),
             ("logfile", str(self.log_file)),
         ]
+        if self._allow_debug:
+            settings.append(("enable-debug-command", "local"))
         return "".join(f"{key} {value}\n" for key, value in settings)
 
 
