@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                      metavar=("NAME", "VALUE"), help="set one parameter")
     run.add_argument("--artifacts", default="artifacts", metavar="DIR",
                      help="where run folders go (default: artifacts)")
-    run.add_argument("--cell-timeout", type=float, default=300.0, metavar="S")
+    run.add_argument("--cell-timeout", type=float, default=300.0, metavar="S",
+                     help="seconds one cell may run before the run stops "
+                          "(default: 300)")
 
     sandbox = commands.add_parser("sandbox", help="the local incident lab")
     lab_commands = sandbox.add_subparsers(dest="lab_command", required=True)
@@ -58,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.verbose:
+        # The execution machinery reports what we report again, in tracebacks.
+        for noisy in ("papermill", "traitlets", "asyncio", "nbclient"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         return int(_dispatch(args))
     except ParacleError as exc:
         print(f"paracle-nb: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("paracle-nb: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        result = getattr(exc, "result", None)
+        where = f"; partial artifact in {result.folder}" if result else ""
+        print(f"paracle-nb: interrupted{where}", file=sys.stderr)
         return 130
 
 

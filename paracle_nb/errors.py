@@ -47,6 +47,10 @@ class ConnectionRefused(TargetUnreachable):
     """The server answered but refused the connection (e.g. no free slot)."""
 
 
+class AuthenticationFailed(ConnectionRefused):
+    """The server refused the credentials (wrong or rotated password, key)."""
+
+
 class TargetTimeout(TargetUnreachable):
     """A call to the target did not finish within its timeout."""
 

@@ -272,7 +272,9 @@ def container_table(pods: list[dict[str, Any]]) -> pd.DataFrame:
     columns = ["pod", "container", "state", "reason", "ready", "restarts",
                "last_reason", "last_exit_code", "last_finished", "memory_limit",
                "memory_request", "image"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["last_exit_code"] = frame["last_exit_code"].astype("Int64")
+    return frame
 
 
 def pod_status(pod: dict[str, Any]) -> str:

@@ -169,7 +169,8 @@ def pod_memory_plot(containers: Any, metrics: Any, container: str) -> Plot | Non
         axes.set_xlim(0, limit / mib * 1.5)
     axes.set_xlabel("MiB")
     axes.set_title(f"Container '{container}': memory against limit")
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
+                frameon=False)
     return Plot(figure, "pod memory")
 
 

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import (
+    AuthenticationFailed,
     ConnectionRefused,
     ParameterError,
     TargetTimeout,
@@ -61,7 +62,7 @@ def connect(target: Target, *, statement_timeout_ms: int | None = None
 
 
 def _connect_error(exc: Exception, target: Target) -> Exception:
-    message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+    message = _libpq_reason(str(exc)) or repr(exc)
     where = _where(target.postgres_dsn or "")
     if any(marker in str(exc) for marker in _NO_SLOT):
         return ConnectionRefused(f"Postgres at {where} refused the connection",
@@ -70,10 +71,19 @@ def _connect_error(exc: Exception, target: Target) -> Exception:
         return TargetTimeout(f"Postgres at {where} did not answer in time",
                              target="postgres")
     if "password authentication failed" in str(exc):
-        return ConnectionRefused(f"Postgres at {where} rejected the credentials",
-                                 target="postgres", detail=message)
-    return TargetUnreachable(f"Postgres at {where} is unreachable",
-                             target="postgres", detail=message)
+        return AuthenticationFailed(f"Postgres at {where} rejected the credentials",
+                                    target="postgres", detail=_server_line(exc))
+    return TargetUnreachable(f"Postgres at {where} is unreachable: {message}",
+                             target="postgres")
+
+
+def _libpq_reason(text: str) -> str:
+    """Return why libpq failed, e.g. 'Connection refused', without its hints."""
+    for line in text.splitlines():
+        if "failed:" in line:
+            return line.rsplit("failed:", 1)[1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def _server_line(exc: Exception) -> str:
@@ -120,7 +130,9 @@ def connection_limits(conn: psycopg.Connection[Any]) -> dict[str, Any]:
                    AS superuser_reserved,
                (SELECT count(*) FROM pg_stat_activity
                  WHERE backend_type = 'client backend')::int AS client_backends,
-               (SELECT count(*) FROM pg_stat_activity)::int AS all_backends
+               (SELECT count(*) FROM pg_stat_activity
+                 WHERE backend_type <> 'client backend')::int
+                   AS background_processes
     """)
     limits = dict(rows[0])
     limits["available_to_applications"] = max(

@@ -85,6 +85,12 @@ def _get(target: Target, endpoint: str, fields: dict[str, str], promql: str
     log.debug("prometheus %s: %s", endpoint, promql)
     try:
         response = http.request("GET", url, fields=fields)
+    except urllib3.exceptions.NewConnectionError as exc:
+        # urllib3 makes a refused connection a kind of connect timeout.
+        reason = str(exc).rsplit(": ", 1)[-1]
+        raise TargetUnreachable(f"Prometheus at {target.prometheus_url} is "
+                                f"unreachable ({reason})", target="prometheus"
+                                ) from None
     except urllib3.exceptions.TimeoutError:
         raise TargetTimeout(f"Prometheus at {target.prometheus_url} did not answer "
                             f"within {timeout:g}s", target="prometheus") from None

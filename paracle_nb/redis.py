@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import (
+    AuthenticationFailed,
     ConnectionRefused,
     ParameterError,
     TargetTimeout,
@@ -86,11 +87,11 @@ def _guard(target: Target, what: str, call: Any, *args: Any) -> Any:
     try:
         return call(*args)
     except redis.exceptions.TimeoutError:
-        raise TargetTimeout(f"Redis at {where} did not answer {what} in time",
-                            target="redis") from None
+        raise TargetTimeout(f"Redis at {where} did not answer {what} within "
+                            f"{target.timeout_seconds:g}s", target="redis") from None
     except redis.exceptions.AuthenticationError as exc:
-        raise ConnectionRefused(f"Redis at {where} rejected the credentials",
-                                target="redis", detail=str(exc)) from None
+        raise AuthenticationFailed(f"Redis at {where} rejected the credentials",
+                                   target="redis", detail=str(exc)) from None
     except redis.exceptions.ConnectionError as exc:
         if "max number of clients" in str(exc):
             raise ConnectionRefused(f"Redis at {where} refused the connection",

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import difflib
 import json
 import logging
+import math
 import os
 import pathlib
 import secrets
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,9 +25,15 @@ from typing import Any
 
 import yaml
 
+from paracle_nb import artifact
 from paracle_nb.errors import ParameterError, UnknownRunbook
-from paracle_nb.findings import Finding, Severity, Verdict, verdict_from_notebook
-from paracle_nb.target import TARGET_KEYS, Target, load_parameters
+from paracle_nb.findings import Verdict
+from paracle_nb.target import (
+    TARGET_KEYS,
+    Target,
+    environment_file,
+    load_parameters,
+)
 from paracle_nb.units import parse_duration
 
 log = logging.getLogger(__name__)
@@ -112,8 +119,10 @@ def split_parameters(notebook: pathlib.Path, values: dict[str, Any]
             params[key] = _checked(key, value, declared[key])
         else:
             names = sorted(set(declared) - set(TARGET_PARAMETERS) | set(TARGET_KEYS))
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ParameterError(
-                f"unknown parameter {key!r} for {notebook.stem}; "
+                f"unknown parameter {key!r} for {notebook.stem}{hint}; "
                 f"known: {', '.join(names)}")
     return target, params
 
@@ -129,11 +138,21 @@ def _checked(key: str, value: Any, declared: Any) -> Any:
     if default is not None and not isinstance(value, expected) or (
             expected is int and isinstance(value, bool)):
         raise ParameterError(
-            f"parameter {key!r} expects a {expected.__name__} "
-            f"(default {default!r}), got {value!r}")
+            f"parameter {key!r} expects {_TYPE_NAMES.get(expected, expected.__name__)}"
+            f" (default {default!r}), got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ParameterError(f"parameter {key!r} must not be negative, got {value}")
     if key.endswith(DURATION_SUFFIXES) and isinstance(value, str):
+        # A bare number is ambiguous at 3 a.m.: seconds or minutes?
+        if value.strip().replace(".", "", 1).isdigit():
+            raise ParameterError(
+                f"parameter {key!r} needs a unit, e.g. '{value}min' or '{value}s'")
         parse_duration(value)
     return value
+
+
+_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string",
+               bool: "true or false", list: "a list", dict: "a mapping"}
 
 
 def _literal(text: str) -> Any:
@@ -164,18 +183,22 @@ def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
         overrides: dict[str, Any] | None = None, *,
         artifacts: str | os.PathLike[str] = "artifacts",
         cell_timeout: float = 300.0) -> RunResult:
-    """Execute one runbook with papermill and write its artifact folder."""
+    """Execute one runbook with papermill and write its artifact folder.
+
+    Without a parameters file, the target is ``parameters/<environment>.yaml``
+    (``environment`` from ``overrides``, else ``sandbox``).
+    """
     notebook = find_runbook(name)
     runbook = runbook_name(notebook)
-    values = load_parameters(parameters_file) if parameters_file else {}
-    values.update(overrides or {})
+    split_parameters(notebook, overrides or {})  # name bad overrides first
+    values = _parameter_values(parameters_file, overrides or {})
     target_values, params = split_parameters(notebook, values)
     target = Target.from_parameters(target_values)  # fails early on bad input
+    target.check()
 
+    root = artifact.prepare(artifacts)
     run_id = new_run_id(runbook)
-    root = pathlib.Path(artifacts)
-    staging = root / f".{run_id}.partial"
-    staging.mkdir(parents=True)
+    staging = artifact.staging_folder(root, run_id)
     effective = staging / "parameters.yaml"
     effective.write_text(yaml.safe_dump(_without_passwords(target_values),
                                         sort_keys=True))
@@ -183,19 +206,46 @@ def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
 
     output = staging / f"{notebook.stem}.ipynb"
     started = time.monotonic()
+    interrupted = False
     # Files a runbook writes (a diagnostic bundle) land in its artifact.
     with _environment(PARACLE_NB_ARTIFACT_DIR=str(staging.resolve())):
-        failed = _execute(notebook, output,
-                          {"parameters_file": str(effective.resolve()), **params},
-                          cell_timeout)
-    duration = time.monotonic() - started
+        try:
+            failed = _execute(notebook, output,
+                              {"parameters_file": str(effective.resolve()),
+                               **params}, cell_timeout)
+        except KeyboardInterrupt:
+            failed, interrupted = "interrupted by the operator", True
 
-    verdict = _finish(output, runbook, run_id, target, failed, duration)
     final = root / run_id
+    verdict = artifact.finish(output, runbook, run_id, target, failed,
+                              time.monotonic() - started, final)
     staging.rename(final)
     log.info("artifact written to %s", final)
-    return RunResult(run_id, final, final / output.name,
-                     final / output.with_suffix(".html").name, verdict, failed)
+    result = RunResult(run_id, final, final / output.name,
+                       final / output.with_suffix(".html").name, verdict, failed)
+    if interrupted:
+        raise RunInterrupted(result)
+    return result
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the partial artifact was still written."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(str(result.folder))
+        self.result = result
+
+
+def _parameter_values(parameters_file: str | os.PathLike[str] | None,
+                      overrides: dict[str, Any]) -> dict[str, Any]:
+    if parameters_file:
+        values = load_parameters(parameters_file)
+    else:
+        environment = str(overrides.get("environment") or "sandbox")
+        values = load_parameters(environment_file(environment))
+        values.setdefault("environment", environment)
+    values.update({k: v for k, v in overrides.items() if k != "environment"})
+    return values
 
 
 @contextlib.contextmanager
@@ -239,14 +289,20 @@ def _execute(notebook: pathlib.Path, output: pathlib.Path,
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters,
                 kernel_name="python3", progress_bar=False, log_output=False,
-                execution_timeout=cell_timeout, cwd=os.getcwd(),
+                execution_timeout=max(1, math.ceil(cell_timeout)),
+                cwd=os.getcwd(),
                 config=_ipc_config(sockets),
             )
     except PapermillExecutionError as exc:
-        return f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+        return f"cell {exc.exec_count}: {exc.ename}: {_first_line(exc.evalue)}"
     except Exception as exc:  # a dead kernel or a timeout ends the run
-        return f"{type(exc).__name__}: {exc}".strip()
+        return f"{type(exc).__name__}: {_first_line(str(exc))}"
     return None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def _ipc_config(folder: str) -> Any:
@@ -257,48 +313,3 @@ def _ipc_config(folder: str) -> Any:
         return Config()
     return Config({"KernelManager": {"transport": "ipc",
                                      "ip": os.path.join(folder, "kernel")}})
-
-
-def _finish(output: pathlib.Path, runbook: str, run_id: str, target: Target,
-            failed: str | None, duration: float) -> Verdict:
-    """Record the verdict in the notebook, then write the HTML and JSON."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(output, as_version=4) if output.exists() else \
-        nbformat.v4.new_notebook()
-    verdict = verdict_from_notebook(nb) or Verdict(runbook)
-    if failed:
-        verdict.findings.append(Finding(
-            "run-failed", Severity.CRITICAL,
-            f"The runbook stopped before its end: {failed}",
-            {"error": failed}))
-
-    nb.metadata["paracle"] = {
-        "runbook": runbook,
-        "run_id": run_id,
-        "target": target.describe(),
-        "duration_s": round(duration, 2),
-        "verdict": verdict.to_dict(),
-    }
-    _atomic_write(output, nbformat.writes(nb))
-    exporter = HTMLExporter()
-    exporter.exclude_input_prompt = True
-    exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(nb)
-    _atomic_write(output.with_suffix(".html"), body)
-    _atomic_write(output.parent / "verdict.json",
-                  json.dumps(verdict.to_dict(), indent=2, default=str))
-    return verdict
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
-
-
-def discard_partial(artifacts: str | os.PathLike[str]) -> None:
-    """Remove leftovers of runs that were killed mid-way."""
-    for leftover in pathlib.Path(artifacts).glob(".*.partial"):
-        shutil.rmtree(leftover, ignore_errors=True)

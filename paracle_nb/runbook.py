@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from paracle_nb.errors import (
+    AuthenticationFailed,
     ConnectionRefused,
     Forbidden,
     ParacleError,
@@ -111,6 +112,8 @@ def _failure_finding(failed: Unavailable) -> Finding:
     error = failed.error
     if isinstance(error, Forbidden):
         cause = "forbidden"
+    elif isinstance(error, AuthenticationFailed):
+        cause = "authentication-failed"
     elif isinstance(error, ConnectionRefused):
         cause = "connection-refused"
     elif isinstance(error, TargetTimeout):
@@ -173,7 +176,22 @@ def _humanize(frame: Any) -> Any:
 def _dict_table(values: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+        f"<td style='text-align:left'>{html.escape(_human_value(str(k), v))}</td></tr>"
         for k, v in values.items()
     )
     return f"<table>{rows}</table>"
+
+
+def _human_value(key: str, value: Any) -> str:
+    """Return a value as an engineer reads it: MiB, %, 2m05s."""
+    from paracle_nb.units import format_bytes, format_duration
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-" if value is None else str(value)
+    if key.endswith(("bytes", "memory", "memory_peak", "memory_dataset", "maxmemory")):
+        return f"{format_bytes(value)} ({int(value):,} B)"
+    if key.endswith(("ratio", "share")):
+        return f"{value:.1%}"
+    if key.endswith("_s"):
+        return format_duration(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.3g}"

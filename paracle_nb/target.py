@@ -107,6 +107,20 @@ class Target:
         values.setdefault("environment", environment or "unnamed")
         return cls.from_parameters(values)
 
+    def check(self) -> None:
+        """Refuse a target that cannot work: one clear error, before a run."""
+        endpoints = (self.kubeconfig, self.postgres_dsn, self.redis_url,
+                     self.prometheus_url, self.api_url)
+        if not any(endpoints) and not os.environ.get("KUBECONFIG"):
+            raise ParameterError(
+                "the parameters name no target (no kubeconfig, postgres_dsn, "
+                "redis_url, prometheus_url or api_url)")
+        if self.timeout_seconds <= 0:
+            raise ParameterError(
+                f"timeout_seconds must be above 0, got {self.timeout_seconds:g}")
+        if self.kubeconfig:
+            _check_kubeconfig(self.kubeconfig, self.kube_context)
+
     def describe(self) -> dict[str, str]:
         """Return where this target points, without any credential."""
         return {
@@ -222,13 +236,10 @@ def _strip_credentials(url: str | None) -> str | None:
 
 
 def _read_secret(path: str | None, env: str, fallback: str | None) -> Secret | None:
+    # A password file is read when a step first needs it: a runbook that
+    # never talks to Postgres must not fail on Postgres's password.
     if path:
-        try:
-            return Secret(pathlib.Path(path).expanduser().read_text().strip())
-        except OSError as exc:
-            raise ParameterError(
-                f"cannot read password file {path}: {exc.strerror}"
-            ) from None
+        return Secret.from_file(path)
     if os.environ.get(env):
         return Secret(os.environ[env])
     return Secret(fallback) if fallback else None
@@ -250,3 +261,20 @@ def _kube_server(kubeconfig: str | None, context: str | None) -> str:
         if cluster.get("name") == cluster_name:
             return str(cluster.get("cluster", {}).get("server", "?"))
     return "?"
+
+
+def _check_kubeconfig(path: str, context: str | None) -> None:
+    file = pathlib.Path(path).expanduser()
+    try:
+        config = yaml.safe_load(file.read_text()) or {}
+    except OSError as exc:
+        raise ParameterError(f"cannot read kubeconfig {file}: {exc.strerror}"
+                             ) from None
+    except yaml.YAMLError:
+        raise ParameterError(f"kubeconfig {file} is not valid YAML") from None
+    names = [c.get("name") for c in config.get("contexts") or []]
+    wanted = context or config.get("current-context")
+    if wanted not in names:
+        raise ParameterError(
+            f"context {wanted!r} is not in kubeconfig {file}; it has: "
+            f"{', '.join(map(str, names)) or 'none'}")

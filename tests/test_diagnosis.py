@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from paracle_nb.diagnosis.pods import diagnose_crashloop, focus_container
+from paracle_nb.diagnosis.pods import diagnose_pods_crashing, focus_container
 from paracle_nb.diagnosis.postgres_pool import diagnose_pool
 from paracle_nb.diagnosis.redis_memory import diagnose_memory
 from paracle_nb.errors import ConnectionRefused, TargetUnreachable
@@ -31,7 +31,7 @@ def test_oom_crashloop_names_container_restarts_and_limit():
     ])
     metrics = pd.DataFrame([{"pod": "p1", "container": "api", "cpu_cores": 0.2,
                              "memory_bytes": 500 * MI}])
-    [finding] = diagnose_crashloop(containers, metrics)
+    [finding] = diagnose_pods_crashing(containers, metrics)
     assert finding.cause == "oom-killed"
     assert finding.evidence["container"] == "api"
     assert finding.evidence["restarts"] == {"p1": 7, "p2": 12}
@@ -45,18 +45,18 @@ def test_non_oom_crash_is_a_plain_crashloop():
                                "reason": "CrashLoopBackOff", "ready": False,
                                "restarts": 3, "last_reason": "Error",
                                "last_exit_code": 1}])
-    [finding] = diagnose_crashloop(containers)
+    [finding] = diagnose_pods_crashing(containers)
     assert finding.cause == "crashloop"
     assert finding.evidence["last_exit_codes"] == [1]
 
 
 def test_healthy_pods_have_no_finding():
-    assert diagnose_crashloop(_containers([{"pod": "p", "container": "api"}])) == []
+    assert diagnose_pods_crashing(_containers([{"pod": "p", "container": "api"}])) == []
 
 
 def _limits(used):
     return {"max_connections": 40, "superuser_reserved": 3, "client_backends": used,
-            "all_backends": used + 5,
+            "background_processes": 5,
             "available_to_applications": max(0, 37 - used)}
 
 

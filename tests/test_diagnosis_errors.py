@@ -2,8 +2,11 @@
 
 import pandas as pd
 
-from paracle_nb.diagnosis.errors import (configuration_sources, diagnose_errors,
-                                         error_ratio)
+from paracle_nb.diagnosis.errors import (
+    configuration_sources,
+    diagnose_errors,
+    error_ratio,
+)
 
 
 def _groups(*rows):

@@ -267,3 +267,12 @@ def test_image_pull_plan_patches_the_service_account_when_it_names_none():
     assert ("kubectl patch serviceaccount paracle-api -n paracle-prod -p "
             "'{\"imagePullSecrets\": [{\"name\": \"regcred\"}]}'") in plan.command
     assert "--docker-server=registry.example.invalid" in plan.command
+
+
+def test_no_pods_is_never_all_clear():
+    import pandas as pd
+
+    from paracle_nb.diagnosis.pods import diagnose_pods_crashing
+
+    [finding] = diagnose_pods_crashing(pd.DataFrame(columns=["pod", "container"]))
+    assert finding.cause == "no-pods" and finding.severity.value == "warning"

@@ -8,7 +8,8 @@ from paracle_nb.redact import Scrubber, marker
 @pytest.mark.parametrize("text, secret", [
     ("postgresql://paracle:hunter2-db@db:5432/paracle", "hunter2-db"),
     ("redis://:r3dis-pass@cache:6379/0", "r3dis-pass"),
-    ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc.def", "eyJhbGciOiJIUzI1NiJ9.abc.def"),
+    ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc.def",
+     "eyJhbGciOiJIUzI1NiJ9.abc.def"),
     ("using key sk-proj-AbCdEf0123456789xyz for openai", "sk-proj-AbCdEf0123456789xyz"),
     ("anthropic sk-ant-api03-ZZZZzzzz11112222", "sk-ant-api03-ZZZZzzzz11112222"),
     ('level=error msg="auth" api_key=abcd1234efgh', "abcd1234efgh"),

@@ -24,11 +24,14 @@ def test_unknown_runbook_names_the_known_ones():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"idle_older_tahn": "10min"}, "unknown parameter 'idle_older_tahn'.*known:"),
-    ({"new_max_connections": "lots"}, "expects a int"),
-    ({"new_max_connections": True}, "expects a int"),
+    ({"idle_older_tahn": "10min"},
+     "unknown parameter 'idle_older_tahn'.*did you mean 'idle_older_than'.*known:"),
+    ({"new_max_connections": "lots"}, "expects a whole number"),
+    ({"new_max_connections": True}, "expects a whole number"),
+    ({"new_max_connections": -5}, "must not be negative"),
     ({"idle_older_than": "soon"}, "not a duration"),
-    ({"idle_older_than": 10}, "expects a str"),
+    ({"idle_older_than": "10"}, "needs a unit, e.g. '10min'"),
+    ({"idle_older_than": 10}, "expects a string"),
 ])
 def test_bad_parameters_are_refused(values, message):
     notebook = find_runbook("database/connection-pool-exhausted")

@@ -24,9 +24,33 @@ def test_password_file_wins(tmp_path):
     assert target.postgres_password.reveal() == "from-file"
 
 
-def test_missing_password_file_is_one_clear_error(tmp_path):
+def test_missing_password_file_is_one_clear_error_when_needed(tmp_path):
+    target = Target.from_parameters({"redis_url": "redis://127.0.0.1:1/0",
+                                     "postgres_password_file": str(tmp_path / "nope")})
+    target.check()  # a runbook that never needs Postgres still runs
     with pytest.raises(ParameterError, match="cannot read password file"):
-        Target.from_parameters({"postgres_password_file": str(tmp_path / "nope")})
+        target.postgres_password.reveal()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({}, "name no target"),
+    ({"redis_url": "redis://127.0.0.1:1/0", "timeout_seconds": 0},
+     "timeout_seconds must be above 0"),
+    ({"kubeconfig": "/nonexistent/kubeconfig"}, "cannot read kubeconfig"),
+])
+def test_unusable_targets_are_refused(values, message, monkeypatch):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with pytest.raises(ParameterError, match=message):
+        Target.from_parameters(values).check()
+
+
+def test_unknown_kube_context_names_the_known_ones(tmp_path):
+    config = tmp_path / "kubeconfig"
+    config.write_text("contexts: [{name: lab}, {name: prod}]\ncurrent-context: lab\n")
+    with pytest.raises(ParameterError,
+                       match="'nowhere' is not in kubeconfig.*lab, prod"):
+        Target.from_parameters({"kubeconfig": str(config),
+                                "kube_context": "nowhere"}).check()
 
 
 def test_wrong_type_is_refused():

@@ -3,22 +3,22 @@
 from paracle_nb.tracebacks import extract, group
 
 LOG = '''\
-ts=2026-12-04T10:00:00Z level=info logger=paracle.api msg="request finished" status=200
-ts=2026-12-04T10:00:01Z level=error logger=paracle.api msg="unhandled exception" request_id=a1
+ts=2026-12-04T10:00:00Z level=info logger=paracle.api msg="done" status=200
+ts=2026-12-04T10:00:01Z level=error logger=paracle.api msg="unhandled" request_id=a1
 Traceback (most recent call last):
   File "/app/paracle/api/routes.py", line 88, in run_agent
     result = executor.run(agent, payload)
   File "/app/paracle/executor.py", line 142, in run
     tokens = payload["max_tokens"]
 KeyError: 'max_tokens'
-ts=2026-12-04T10:00:02Z level=error logger=paracle.api msg="unhandled exception" request_id=a2
+ts=2026-12-04T10:00:02Z level=error logger=paracle.api msg="unhandled" request_id=a2
 Traceback (most recent call last):
   File "/app/paracle/api/routes.py", line 88, in run_agent
     result = executor.run(agent, payload)
   File "/app/paracle/executor.py", line 142, in run
     tokens = payload["max_tokens"]
 KeyError: 'max_tokens'
-ts=2026-12-04T10:00:03Z level=error logger=paracle.api msg="unhandled exception" request_id=a3
+ts=2026-12-04T10:00:03Z level=error logger=paracle.api msg="unhandled" request_id=a3
 Traceback (most recent call last):
   File "/app/paracle/config.py", line 31, in llm_timeout
     return int(os.environ["LLM_TIMEOUT"])
@@ -32,7 +32,7 @@ Traceback (most recent call last):
   File "/app/paracle/config.py", line 33, in llm_timeout
     raise ConfigError("LLM_TIMEOUT must be a number of seconds, got 'sixty'")
 paracle.config.ConfigError: LLM_TIMEOUT must be a number of seconds, got 'sixty'
-ts=2026-12-04T10:00:04Z level=info logger=paracle.api msg="request finished" status=200
+ts=2026-12-04T10:00:04Z level=info logger=paracle.api msg="done" status=200
 '''
 
 

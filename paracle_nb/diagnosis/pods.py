@@ -23,25 +23,6 @@ def crashing_containers(containers: pd.DataFrame) -> pd.DataFrame:
     return containers[crashing]
 
 
-def diagnose_crashloop(containers: Any, metrics: Any = None) -> list[Finding]:
-    """Return findings for crashing containers: OOM first, else the crash itself."""
-    if not available(containers) or containers.empty:
-        return []
-    crashing = crashing_containers(containers)
-    if crashing.empty:
-        return []
-
-    findings = []
-    oom = crashing[(crashing["last_reason"] == "OOMKilled")
-                   | (crashing["last_exit_code"] == OOM_EXIT_CODE)]
-    if not oom.empty:
-        findings.append(_oom_finding(oom, metrics))
-    other = crashing.drop(oom.index)
-    if not other.empty:
-        findings.append(_crash_finding(other))
-    return findings
-
-
 def _oom_finding(oom: pd.DataFrame, metrics: Any) -> Finding:
     container = str(oom["container"].mode().iloc[0])
     limit = oom["memory_limit"].dropna()
@@ -262,8 +243,10 @@ def diagnose_pods_crashing(containers: Any, metrics: Any = None, logs: Any = Non
     :class:`~paracle_nb.kube_config.DatabaseAttempt`, ``env`` the table of
     :func:`missing_env`. A crash no cause explains stays a plain crashloop.
     """
-    if not available(containers) or containers.empty:
+    if not available(containers):
         return []
+    if containers.empty:
+        return [no_pods_finding()]
     crashing = crashing_containers(containers)
     causes = crash_causes_in_logs(logs)
     findings: list[Finding] = []
@@ -479,3 +462,11 @@ def describe_pull_secrets(pull_secrets: Any) -> str:
     tail = f"; missing from the namespace: {', '.join(missing)}" if missing else \
         ", each present"
     return f"Image pull secret(s) named: {', '.join(names)}{tail}."
+
+
+def no_pods_finding() -> Finding:
+    """Zero API pods is never healthy: a wrong target, or nothing running."""
+    return Finding("no-pods", Severity.WARNING,
+                   "No pod matches the API's selector in this namespace: the "
+                   "target is wrong, or the deployment has no pod at all.",
+                   {}, step="Check pod status")

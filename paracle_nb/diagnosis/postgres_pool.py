@@ -104,9 +104,10 @@ def describe_connections(limits: Any, sessions: Any) -> str:
         return "Postgres refused our connection: every slot is taken."
     if not available(limits):
         return "Connection limits unavailable."
-    text = (f"{limits['client_backends']} of {limits['max_connections']} "
-            f"connections in use (including this runbook's), "
-            f"{limits['available_to_applications']} left for applications.")
+    text = (f"{limits['client_backends'] - 1} of {limits['max_connections']} "
+            f"connections in use (plus this runbook's own), "
+            f"{limits['available_to_applications']} left for applications; "
+            f"background workers do not count against the limit.")
     if available(sessions) and not sessions.empty:
         top = sessions["application"].value_counts()
         text += f" Largest holder: {top.index[0]} with {int(top.iloc[0])}."

@@ -80,3 +80,29 @@ def describe_memory(memory: Any) -> str:
     return (f"{format_bytes(memory['used_memory'])} used of "
             f"{format_bytes(memory['maxmemory'])} maxmemory "
             f"({memory['usage_ratio']:.0%}), policy {memory['maxmemory_policy']}.")
+
+
+def describe_stats(stats: Any) -> str:
+    """Return one sentence on evictions, refused writes and the hit ratio."""
+    if not available(stats):
+        return "Eviction statistics unavailable."
+    hits = stats["hit_ratio"]
+    hit_text = f"hit ratio {hits:.0%}" if hits is not None else "no reads yet"
+    return (f"{stats['evicted_keys']:,} key(s) evicted, "
+            f"{stats['oom_rejected_writes']:,} write(s) refused for OOM since the "
+            f"last stats reset, {hit_text}.")
+
+
+def describe_keys(keyspace: Any, prefixes: Any) -> str:
+    """Return one sentence: how many keys, and which prefix holds the memory."""
+    if not available(keyspace) or not available(prefixes):
+        return "Key counts unavailable."
+    total = int(keyspace["keys"].sum()) if not keyspace.empty else 0
+    if prefixes.empty:
+        return f"{total:,} keys (DBSIZE)."
+    top = prefixes.iloc[0]
+    no_ttl = "none" if top["no_ttl"] == 0 else f"{int(top['no_ttl']):,}"
+    return (f"{total:,} keys (DBSIZE) under {len(prefixes)} prefixes; "
+            f"{top['prefix']} holds {format_bytes(top['bytes'])} "
+            f"({top['share']:.0%}) in {int(top['keys']):,} keys, {no_ttl} "
+            f"without TTL.")

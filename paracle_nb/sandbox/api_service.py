@@ -218,7 +218,7 @@ class ApiService:
                             duration_ms=round(duration * 1000), **fields,
                             request_id=request_id))
         self._emit(lines)
-        return status, answer
+        return status, {**answer, "request_id": request_id}
 
     def handle_health(self) -> tuple[int, dict[str, Any]]:
         """Serve ``GET /health``: Postgres ``SELECT 1`` and Redis ``PING``."""

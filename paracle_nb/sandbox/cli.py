@@ -8,6 +8,7 @@ import os
 import pathlib
 import signal
 import threading
+import time
 
 from paracle_nb.errors import SandboxError
 
@@ -18,7 +19,10 @@ def main(args: argparse.Namespace) -> int:
     if args.lab_command == "incidents":
         from paracle_nb.sandbox.lab import INCIDENTS
 
-        print("\n".join(INCIDENTS))
+        width = max(map(len, INCIDENTS))
+        for name, (start, _) in INCIDENTS.items():
+            about = (start.__doc__ or "").strip().splitlines()
+            print(f"{name:<{width}}  {about[0] if about else ''}")
         return 0
     if args.lab_command == "down":
         return _down()
@@ -32,6 +36,10 @@ def _up(parameters_out: str, incident_names: list[str]) -> int:
     if unknown:
         raise SandboxError(f"unknown incident {unknown[0]!r}; known: "
                            f"{', '.join(INCIDENTS)}")
+    running = _running_lab()
+    if running:
+        raise SandboxError(f"a lab is already running here (pid {running}); "
+                           "stop it with `paracle-nb sandbox down` first")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     out = pathlib.Path(parameters_out)
@@ -61,17 +69,32 @@ def _up(parameters_out: str, incident_names: list[str]) -> int:
     return 0
 
 
-def _down() -> int:
+def _running_lab() -> int | None:
+    """Return the PID of the lab started from this folder, if it still runs."""
     try:
-        state = json.loads(STATE_FILE.read_text())
-    except (OSError, ValueError):
-        raise SandboxError("no running lab found (no .sandbox/state.json here)"
-                           ) from None
+        pid = int(json.loads(STATE_FILE.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
     try:
-        os.kill(int(state["pid"]), signal.SIGTERM)
+        os.kill(pid, 0)
     except ProcessLookupError:
+        return None
+    return pid
+
+
+def _down(wait_s: float = 60.0) -> int:
+    pid = _running_lab()
+    if pid is None:
+        existed = STATE_FILE.exists()
         STATE_FILE.unlink(missing_ok=True)
-        raise SandboxError("the lab's process is gone; removed its stale state"
-                           ) from None
-    print(f"Asked the lab (pid {state['pid']}) to stop.")
+        if existed:
+            raise SandboxError("the lab's process is gone; removed its stale state")
+        raise SandboxError("no running lab found (no .sandbox/state.json here)")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _running_lab() == pid:
+        time.sleep(0.2)
+    if _running_lab() == pid:
+        raise SandboxError(f"the lab (pid {pid}) did not stop within {wait_s:g}s")
+    print(f"Lab (pid {pid}) stopped.")
     return 0

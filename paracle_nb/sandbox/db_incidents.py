@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -111,16 +112,18 @@ class Sessions:
         log.info("stopped %d lab session(s) of %s", len(pids), self.application)
 
 
-def slow_queries(pg: PostgresServer, *, sessions: int = 3,
+def slow_queries(pg: PostgresServer, *, sessions: int | None = None,
                  max_queries: int = 5_000, max_seconds: float = 900.0,
                  warm_up: int = 6) -> Sessions:
-    """Run the API's unindexed statement from ``sessions`` sessions, over and over.
+    """Run the API's unindexed statement from several sessions, over and over.
 
     Each session sends the statement with literal values (as many drivers
-    do), so ``pg_stat_activity`` shows a statement one can EXPLAIN. Returns
-    once ``warm_up`` statements have completed, so pg_stat_statements has
-    their times.
+    do), so ``pg_stat_activity`` shows a statement one can EXPLAIN. By
+    default two sessions per CPU keep the server busy, as a loaded API
+    would, whatever the machine. Returns once ``warm_up`` statements have
+    completed, so pg_stat_statements has their times.
     """
+    sessions = sessions or busy_sessions()
     schema.reset_statistics(pg)
     lab = Sessions(pg, APPLICATION)
     deadline = time.monotonic() + max_seconds
@@ -138,6 +141,15 @@ def slow_queries(pg: PostgresServer, *, sessions: int = 3,
     log.info("slow queries running in %d sessions, %.0f ms each so far",
              sessions, lab.mean_ms or 0)
     return lab
+
+
+def busy_sessions() -> int:
+    """Return two sessions per usable CPU, at least 4 and at most 12."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 2
+    return min(12, max(4, 2 * cpus))
 
 
 def _repeat_slow_statement(lab: Sessions, conn: psycopg.Connection[Any],
@@ -165,14 +177,15 @@ class LockContention:
 
 
 def lock_contention(pg: PostgresServer, *, waiters: int = 3,
-                    row_id: int = LOCKED_EXECUTION,
+                    row_id: int = LOCKED_EXECUTION, waited: float = 2.0,
                     max_seconds: float = 900.0) -> LockContention:
     """Hold a row lock in a transaction left idle; queue ``waiters`` behind it.
 
     The holder updated the row and never committed (``idle in
     transaction``); the waiters' updates of the same row wait on its lock
     until they time out (``max_seconds``) or the incident is stopped. All of
-    it is rolled back: the row is unchanged afterwards.
+    it is rolled back: the row is unchanged afterwards. Returns once the
+    waiters have waited ``waited`` seconds.
     """
     schema.reset_statistics(pg)
     lab = Sessions(pg, APPLICATION)
@@ -190,6 +203,7 @@ def lock_contention(pg: PostgresServer, *, waiters: int = 3,
             waiting.append(conn.info.backend_pid)
             lab.run(_update_locked_row, conn, row_id)
         _wait_until_waiting(pg, waiting)
+        time.sleep(waited)
     except BaseException:
         lab.stop(wait=5.0)
         raise
@@ -232,9 +246,12 @@ class LongRunningQuery:
         self.sessions.stop()
 
 
-def long_running_query(pg: PostgresServer, *, seconds: float = 600.0
-                       ) -> LongRunningQuery:
-    """Start a report query that takes ``seconds`` to answer; return once it runs."""
+def long_running_query(pg: PostgresServer, *, seconds: float = 600.0,
+                       running: float = 2.0) -> LongRunningQuery:
+    """Start a report query that takes ``seconds`` to answer.
+
+    Returns once it has been running for ``running`` seconds.
+    """
     schema.reset_statistics(pg)
     lab = Sessions(pg, APPLICATION)
     try:
@@ -247,6 +264,7 @@ def long_running_query(pg: PostgresServer, *, seconds: float = 600.0
                                " WHERE pid = %s AND state = 'active'"
                                " AND wait_event = 'PgSleep'", [pid]) == 1,
                 timeout=10.0, what="the report query to run")
+        time.sleep(running)
     except BaseException:
         lab.stop(wait=5.0)
         raise

@@ -44,7 +44,7 @@ REDIS_OOM = "command not allowed when used memory > 'maxmemory'"
 DEFAULT_PREFIXES: dict[str, dict[str, Any]] = {
     "cache:": {"share": 0.6, "value_size": 2048, "ttl": None},
     "session:": {"share": 0.3, "value_size": 1024, "ttl": 3600},
-    "ratelimit:": {"share": 0.1, "value_size": 64, "ttl": 60},
+    "ratelimit:": {"share": 0.1, "value_size": 64, "ttl": 900},
 }
 
 _SESSION_STATES = {
@@ -53,6 +53,9 @@ _SESSION_STATES = {
     pq.TransactionStatus.INERROR: "idle in transaction (aborted)",
 }
 _key_serial = itertools.count(1)
+
+#: How far past maxmemory the last allowed write takes a full Redis.
+OVERSHOOT = 512 * 1024
 
 
 @dataclass
@@ -331,6 +334,17 @@ def _write_until_refused(
 
     while written < max_keys and time.monotonic() < deadline:
         used = _used_memory(client)
+        if 0 <= maxmemory - used < OVERSHOOT:
+            # Land well past the limit (as a lowered maxmemory would), so the
+            # incident holds while a few keys expire or buffers shrink.
+            first = next(iter(families))
+            client.config_set("maxmemory", maxmemory + 2 * OVERSHOOT)
+            try:
+                client.set(f"{first}blob:{next(_key_serial)}", b"x" * OVERSHOOT)
+            finally:
+                client.config_set("maxmemory", maxmemory)
+            keys_by_prefix[first] += 1
+            continue
         per_key = max((used - baseline) / written, 1.0) if written else 2048.0
         batch = max(1, min(batch_size, int((maxmemory - used) / per_key) // 2))
 

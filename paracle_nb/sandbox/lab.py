@@ -196,16 +196,13 @@ class Lab:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _crashloop(lab: Lab) -> str:
-    lab.load_scenario("crashloop-oom")
-    return "crashloop-oom"
-
-
 def _kube_healthy(lab: Lab, _: Any) -> None:
+    """Load the healthy cluster again."""
     lab.load_scenario("healthy")
 
 
 def _database_refused(lab: Lab) -> dict[str, str]:
+    """API pods crash-loop: the DATABASE_URL Secret holds a stale password."""
     lab.load_scenario("crashloop-db-connection")
     # The role's password was rotated; the Secret kept the old one.
     stale = secrets.token_urlsafe(18)
@@ -216,15 +213,28 @@ def _scenario(name: str) -> Callable[[Lab], str]:
     def load(lab: Lab) -> str:
         lab.load_scenario(name)
         return name
+
+    load.__doc__ = _scenario_summary(name)
     return load
 
 
+def _scenario_summary(name: str) -> str:
+    """Return the first comment line of a scenario file."""
+    path = pathlib.Path(__file__).parent / "scenarios" / f"{name}.yaml"
+    for line in path.read_text().splitlines():
+        if line.startswith("# ") and line[2:].strip():
+            return line[2:].strip()
+    return ""
+
+
 def _pool(lab: Lab, *, fill_reserved: bool = False) -> incidents.HeldSessions:
+    """Every Postgres slot an application may use is held by paracle-api."""
     return incidents.exhaust_connections(lab.postgres, application="paracle-api",
                                          fill_reserved=fill_reserved)
 
 
 def _pool_all(lab: Lab) -> incidents.HeldSessions:
+    """Every Postgres slot, the superusers' reserved ones too, is taken."""
     return _pool(lab, fill_reserved=True)
 
 
@@ -233,6 +243,7 @@ def _release(lab: Lab, held: incidents.HeldSessions) -> None:
 
 
 def _redis_oom(lab: Lab) -> incidents.RedisOOM:
+    """Redis is full with noeviction: writes fail with OOM."""
     return incidents.fill_until_oom(lab.redis)
 
 
@@ -243,7 +254,7 @@ def _redis_recover(lab: Lab, _: Any) -> None:
 
 # name -> (put the lab into it, take the lab out of it)
 INCIDENTS: dict[str, tuple[Callable[..., Any], Callable[[Lab, Any], None]]] = {
-    "crashloop-oom": (_crashloop, _kube_healthy),
+    "crashloop-oom": (_scenario("crashloop-oom"), _kube_healthy),
     "crashloop-db-connection": (_database_refused, _kube_healthy),
     "crashloop-missing-env": (_scenario("crashloop-missing-env"), _kube_healthy),
     "image-pull-error": (_scenario("image-pull-error"), _kube_healthy),

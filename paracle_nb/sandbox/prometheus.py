@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,7 +83,8 @@ class PrometheusServer:
     def __init__(self, jobs: Mapping[str, Sequence[str]] | None = None, *,
                  scrape_interval: str = "1s", history: str | None = None,
                  base_dir: Path | str | None = None) -> None:
-        self.jobs = {job: list(targets) for job, targets in (jobs or {}).items()}
+        self.jobs = {job: _loopback(targets) for job, targets in
+                     (jobs or {}).items()}
         self.scrape_interval = scrape_interval
         self.history = history
         self.base_dir = base_dir
@@ -128,7 +130,9 @@ class PrometheusServer:
         if self._proc is not None:
             return self
         binary = prometheus_binary()
-        self.work_dir = procs.make_work_dir("paracle-nb-prometheus-", self.base_dir)
+        # Prometheus runs as we do: a private temp dir will do.
+        self.work_dir = Path(tempfile.mkdtemp(prefix="paracle-nb-prometheus-",
+                                              dir=self.base_dir))
         data = self._dir / "data"
         if self.history is not None:
             build_blocks(self.history, data)
@@ -167,7 +171,7 @@ class PrometheusServer:
         if job not in self.jobs:
             raise SandboxError(f"Prometheus has no job {job!r}; it scrapes "
                                f"{', '.join(self.jobs) or 'no job'}")
-        self.jobs[job] = list(targets)
+        self.jobs[job] = _loopback(targets)
         self._write_targets(job, targets)
 
     def stop(self) -> None:
@@ -199,11 +203,6 @@ class PrometheusServer:
         return self._dir / "targets" / f"{job}.json"
 
     def _write_targets(self, job: str, targets: Sequence[str]) -> None:
-        for target in targets:
-            host = target.rsplit(":", 1)[0]
-            if host not in (self.host, "localhost"):
-                raise SandboxError(f"the lab's Prometheus scrapes loopback only, "
-                                   f"not {target}")
         path = self._targets_file(job)
         path.parent.mkdir(exist_ok=True)
         partial = path.with_suffix(".tmp")
@@ -216,6 +215,14 @@ class PrometheusServer:
                                target="prometheus")
         match = _LISTENING.search(self.log_file.read_text(errors="replace"))
         return int(match.group(1)) if match else 0
+
+
+def _loopback(targets: Sequence[str]) -> list[str]:
+    for target in targets:
+        if target.rsplit(":", 1)[0] not in (procs.LOOPBACK, "localhost"):
+            raise SandboxError(f"the lab's Prometheus scrapes loopback only, "
+                               f"not {target}")
+    return list(targets)
 
 
 def wait_for_first_scrape(url: str, job: str, timeout: float = 20.0) -> float:
