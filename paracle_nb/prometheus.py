@@ -87,9 +87,9 @@ def _get(target: Target, endpoint: str, fields: dict[str, str], promql: str
         response = http.request("GET", url, fields=fields)
     except urllib3.exceptions.NewConnectionError as exc:
         # urllib3 makes a refused connection a kind of connect timeout.
-        reason = str(exc).rsplit(": ", 1)[-1]
+        refused = str(exc).rsplit(": ", 1)[-1]
         raise TargetUnreachable(f"Prometheus at {target.prometheus_url} is "
-                                f"unreachable ({reason})", target="prometheus"
+                                f"unreachable ({refused})", target="prometheus"
                                 ) from None
     except urllib3.exceptions.TimeoutError:
         raise TargetTimeout(f"Prometheus at {target.prometheus_url} did not answer "

@@ -19,6 +19,9 @@ _WRITES = re.compile(r"\b(insert|update|delete|merge|for\s+(no\s+key\s+)?update|
                      r"for\s+(key\s+)?share|into)\b", re.I)
 _PLACEHOLDER = re.compile(r"\$\d+")
 # Server functions whose effect (or wait) ANALYZE would repeat.
+# Shortcoming: a user-defined function with effects outside the database
+# (a wrapper around dblink, say) is not recognised; the read-only
+# transaction stops only writes to this database.
 _SIDE_EFFECTS = re.compile(
     r"\b(pg_sleep\w*|pg_terminate_backend|pg_cancel_backend|pg_advisory\w*|"
     r"pg_try_advisory\w*|pg_notify|pg_reload_conf|set_config|dblink\w*|lo_\w+|"
@@ -384,8 +387,8 @@ def describe_active(active: Any, application: str) -> str:
         return "No query is running right now (besides this runbook's)."
     mine = int((active["application"] == application).sum())
     waiting = int((active["wait_event_type"] == "Lock").sum())
-    return (f"{len(active)} active quer(ies), {mine} of {application}; the longest "
-            f"has run for {format_duration(active['duration_s'].iloc[0])}; "
+    return (f"{len(active)} active query(ies), {mine} of {application}; the "
+            f"longest has run for {format_duration(active['duration_s'].iloc[0])}; "
             f"{waiting} waiting on a lock.")
 
 

@@ -119,7 +119,7 @@ def slow_queries(pg: PostgresServer, *, sessions: int | None = None,
 
     Each session sends the statement with literal values (as many drivers
     do), so ``pg_stat_activity`` shows a statement one can EXPLAIN. By
-    default two sessions per CPU keep the server busy, as a loaded API
+    default three sessions per CPU keep the server busy, as a loaded API
     would, whatever the machine. Returns once ``warm_up`` statements have
     completed, so pg_stat_statements has their times.
     """
@@ -144,12 +144,12 @@ def slow_queries(pg: PostgresServer, *, sessions: int | None = None,
 
 
 def busy_sessions() -> int:
-    """Return two sessions per usable CPU, at least 4 and at most 12."""
+    """Return three sessions per usable CPU, at least 4 and at most 16."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or 2
-    return min(12, max(4, 2 * cpus))
+    return min(16, max(4, 3 * cpus))
 
 
 def _repeat_slow_statement(lab: Sessions, conn: psycopg.Connection[Any],

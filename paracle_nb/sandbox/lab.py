@@ -2,7 +2,8 @@
 
 A :class:`Lab` starts every server on 127.0.0.1, writes a kubeconfig and a
 parameters file that point the runbooks at it, and can put each part into
-one of the guide's incidents and back::
+one of the guide's incidents and back. ``lab.live`` holds the fake LLM
+providers, the instrumented API stand-in and Prometheus (when installed)::
 
     with Lab() as lab:
         lab.reproduce("pool-exhausted")
