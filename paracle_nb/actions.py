@@ -8,17 +8,16 @@ objects, sessions or keys it lists.
 from __future__ import annotations
 
 import html
+import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb import kube
-from paracle_nb.runbook import available
 from paracle_nb.target import Target
-from paracle_nb.units import format_bytes, format_duration, parse_quantity
+from paracle_nb.units import parse_quantity
 
 if TYPE_CHECKING:
     import pandas as pd
-    import redis
 
 
 class Plan:
@@ -41,16 +40,60 @@ class Plan:
             "applying a plan is not built yet: review it and run the command "
             "it shows; diagnosis stays read-only")
 
+    def scoped_command(self, target: Target | None = None) -> str:
+        """Return the command, pinned to the target the runbook points at.
+
+        kubectl gets ``--context``; every command gets a first line naming
+        the cluster, database or Redis it is for, so a copied command cannot
+        land on whatever the shell points at.
+        """
+        from paracle_nb.runbook import current_target
+
+        target = target or current_target()
+        return scope_command(self.command, target) if target else self.command
+
     def _repr_html_(self) -> str:
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         table = (self.changes.to_html(index=False, max_rows=20)
                  if not self.changes.empty else "<p>Nothing to change.</p>")
         return (f"<div><p><b>Plan (not applied)</b>: {html.escape(self.title)}</p>"
                 f"{table}<ul>{notes}</ul>"
-                f"<pre>{html.escape(self.command)}</pre></div>")
+                f"<pre>{html.escape(self.scoped_command())}</pre></div>")
 
     def __repr__(self) -> str:
         return f"Plan({self.title!r}, {len(self.changes)} change(s), not applied)"
+
+
+class Plans(list[Plan]):
+    """Several plans shown one after the other; says so when there are none."""
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<p>No cause found that a plan would fix.</p>"
+        return "".join(plan._repr_html_() for plan in self)
+
+
+_SQL = re.compile(r"^\s*(SELECT|ALTER|CREATE|DROP|REINDEX|VACUUM|ANALYZE)\b",
+                  re.IGNORECASE | re.MULTILINE)
+_REDIS = re.compile(r"^\s*(CONFIG|SCAN|UNLINK|DEL|CLIENT)\b", re.MULTILINE)
+
+
+def scope_command(command: str, target: Target) -> str:
+    """Return ``command`` pinned to ``target`` (see Plan.scoped_command)."""
+    where = target.describe()
+    lines = []
+    if "kubectl " in command:
+        context = target.context_name()
+        if context:
+            command = re.sub(r"(^|\| |&& )kubectl ", rf"\1kubectl --context {context} ",
+                             command, flags=re.MULTILINE)
+        lines.append(f"# Target: cluster {where['cluster']}, context {context}, "
+                     f"namespace {target.namespace}")
+    if _SQL.search(command):
+        lines.append(f"-- Target: postgres {where['postgres']}")
+    if _REDIS.search(command):
+        lines.append(f"# Target: redis {where['redis']}")
+    return "\n".join([*lines, command])
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -83,90 +126,6 @@ def plan_memory_limit(target: Target, deployment: str, container: str,
              "Check node allocatable memory first: pods may go Pending."]
     return Plan(f"raise memory limit of {deployment}/{container}", changes,
                 command, notes)
-
-
-def plan_terminate_idle(sessions: Any, application: str,
-                        older_than_s: float) -> Plan:
-    """Plan ending idle sessions of one application older than a threshold."""
-    columns = ["pid", "role", "application", "state", "idle_for"]
-    if not available(sessions) or sessions.empty:
-        return Plan("terminate idle sessions", _frame([], columns), "-- nothing")
-    idle = sessions[(sessions["application"] == application)
-                    & sessions["state"].str.startswith("idle")
-                    & (sessions["state_age_s"] >= older_than_s)]
-    rows = [{"pid": int(r.pid), "role": r.role, "application": r.application,
-             "state": r.state, "idle_for": format_duration(r.state_age_s)}
-            for r in idle.itertuples()]
-    pids = ", ".join(str(r["pid"]) for r in rows) or "NULL"
-    command = (
-        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity\n"
-        f" WHERE pid IN ({pids})\n"
-        "   AND backend_type = 'client backend'\n"
-        f"   AND application_name = '{application.replace(chr(39), '')}'\n"
-        "   AND state LIKE 'idle%';")
-    notes = [f"Only client sessions of {application!r} idle for at least "
-             f"{format_duration(older_than_s)}; never replication, autovacuum "
-             "or background workers.",
-             "The application's pool reconnects; in-flight transactions of "
-             "'idle in transaction' sessions are rolled back."]
-    return Plan(f"terminate {len(rows)} idle session(s) of {application}",
-                _frame(rows, columns), command, notes)
-
-
-def plan_max_connections(limits: Any, new_max: int) -> Plan:
-    """Plan raising max_connections; says that it needs a restart."""
-    current = limits["max_connections"] if available(limits) else None
-    changes = _frame([{"setting": "max_connections", "before": current,
-                       "after": new_max}], ["setting", "before", "after"])
-    notes = ["Takes effect only after a Postgres restart (a short outage).",
-             "Each connection costs memory (work_mem, buffers): a pooler "
-             "(PgBouncer) is usually the better fix."]
-    return Plan("raise max_connections", changes,
-                f"ALTER SYSTEM SET max_connections = {int(new_max)};", notes)
-
-
-def plan_eviction_policy(memory: Any, policy: str = "allkeys-lru") -> Plan:
-    """Plan switching Redis to an evicting maxmemory-policy."""
-    before = memory["maxmemory_policy"] if available(memory) else None
-    changes = _frame([{"setting": "maxmemory-policy", "before": before,
-                       "after": policy}], ["setting", "before", "after"])
-    notes = ["Evicts keys under memory pressure instead of refusing writes.",
-             "Also evicts keys without TTL (sessions) with allkeys-*; "
-             "volatile-lru spares them."]
-    return Plan(f"set maxmemory-policy {policy}", changes,
-                f"CONFIG SET maxmemory-policy {policy}", notes)
-
-
-def plan_delete_by_pattern(target: Target, client: redis.Redis, pattern: str,
-                           *, max_keys: int = 100_000, sample: int = 5) -> Plan:
-    """Plan deleting the keys matching a pattern: count, bytes, examples."""
-    from paracle_nb.redis import _guard
-
-    count, size, cursor = 0, 0, 0
-    examples: list[str] = []
-    while count < max_keys:
-        cursor, keys = _guard(target, "SCAN", client.scan, cursor, pattern, 1000)
-        if keys:
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.memory_usage(key)
-            size += sum(int(s or 0) for s in _guard(target, "MEMORY USAGE",
-                                                    pipe.execute))
-            count += len(keys)
-            examples.extend(k.decode(errors="replace") for k in keys[:sample])
-        if cursor == 0:
-            break
-    complete = cursor == 0
-    changes = _frame([{"pattern": pattern,
-                       "keys": count if complete else f">= {count}",
-                       "memory_freed": format_bytes(size),
-                       "examples": ", ".join(examples[:sample])}],
-                     ["pattern", "keys", "memory_freed", "examples"])
-    notes = ["Deleted with SCAN and UNLINK in batches, on this Redis only; "
-             "never FLUSHDB."]
-    return Plan(f"delete keys matching {pattern}", changes,
-                f"SCAN 0 MATCH {pattern} COUNT 1000 ... then UNLINK in batches",
-                notes)
 
 
 def plan_set_env(target: Target, deployment: str, container: str,
@@ -205,19 +164,6 @@ def _env_shown(entry: dict[str, Any] | None) -> str:
             return f"(from {key} {ref[kind].get('name')}/{ref[kind].get('key')})"
     return "(from a reference)"
 
-
-def plan_maxmemory(memory: Any, new_maxmemory: str) -> Plan:
-    """Plan raising Redis maxmemory; the pod's memory limit must allow it."""
-    before = format_bytes(memory["maxmemory"]) if available(memory) else None
-    changes = _frame([{"setting": "maxmemory", "before": before,
-                       "after": new_maxmemory}], ["setting", "before", "after"])
-    notes = ["Keep maxmemory well under the Redis pod's memory limit "
-             "(fork for persistence needs headroom)."]
-    return Plan("raise maxmemory", changes, f"CONFIG SET maxmemory {new_maxmemory}",
-                notes)
-
-
-# -- scheduling and service access (Kubernetes) -------------------------------------
 
 def _kubectl_patch(kind: str, name: str, namespace: str, patch: Any,
                    patch_type: str = "merge") -> str:

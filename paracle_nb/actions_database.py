@@ -7,9 +7,14 @@ proved; they change nothing.
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
-from paracle_nb.actions import Plan, _frame
+from paracle_nb import kube
+from paracle_nb.actions import Plan, Plans, _frame, plan_set_env
+from paracle_nb.errors import ParameterError
+from paracle_nb.runbook import available
+from paracle_nb.target import Target
 from paracle_nb.units import format_duration
 
 _SIMPLE_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
@@ -128,3 +133,112 @@ def _backends_to_end(verdict: Any) -> tuple[list[dict[str, Any]], list[str]]:
                          "state": "active", "why": "long-running query",
                          "for": format_duration(ev.get("duration_s"))})
     return rows, skipped
+
+
+def plan_terminate_idle(sessions: Any, application: str,
+                        older_than_s: float) -> Plan:
+    """Plan ending idle sessions of one application older than a threshold."""
+    columns = ["pid", "role", "application", "state", "idle_for"]
+    if not available(sessions) or sessions.empty:
+        return Plan("terminate idle sessions", _frame([], columns), "-- nothing")
+    idle = sessions[(sessions["application"] == application)
+                    & sessions["state"].str.startswith("idle")
+                    & (sessions["state_age_s"] >= older_than_s)]
+    rows = [{"pid": int(r.pid), "role": r.role, "application": r.application,
+             "state": r.state, "idle_for": format_duration(r.state_age_s)}
+            for r in idle.itertuples()]
+    if not rows:
+        return _nothing_idle_for_long(sessions, application, older_than_s, columns)
+    pids = ", ".join(str(r["pid"]) for r in rows) or "NULL"
+    command = (
+        "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity\n"
+        f" WHERE pid IN ({pids})\n"
+        "   AND backend_type = 'client backend'\n"
+        f"   AND application_name = '{application.replace(chr(39), '')}'\n"
+        "   AND state LIKE 'idle%';")
+    notes = [f"Only client sessions of {application!r} idle for at least "
+             f"{format_duration(older_than_s)}; never replication, autovacuum "
+             "or background workers.",
+             "The application's pool reconnects; in-flight transactions of "
+             "'idle in transaction' sessions are rolled back."]
+    return Plan(f"terminate {len(rows)} idle session(s) of {application}",
+                _frame(rows, columns), command, notes)
+
+
+def plan_max_connections(limits: Any, new_max: int) -> Plan:
+    """Plan raising max_connections; says that it needs a restart."""
+    current = limits["max_connections"] if available(limits) else None
+    if current is not None and new_max <= current:
+        raise ParameterError(f"new max_connections {new_max} is not above the "
+                             f"current {current}")
+    changes = _frame([{"setting": "max_connections", "before": current,
+                       "after": new_max}], ["setting", "before", "after"])
+    notes = ["Takes effect only after a Postgres restart (a short outage).",
+             "Each connection costs memory (work_mem, buffers): a pooler "
+             "(PgBouncer) is usually the better fix."]
+    return Plan("raise max_connections", changes,
+                f"ALTER SYSTEM SET max_connections = {int(new_max)};", notes)
+
+
+def _nothing_idle_for_long(sessions: Any, application: str, older_than_s: float,
+                           columns: list[str]) -> Plan:
+    """An empty plan that says what is idle, and for how long."""
+    mine = sessions[(sessions["application"] == application)
+                    & sessions["state"].str.startswith("idle")]
+    notes = [f"No session of {application!r} has been idle for "
+             f"{format_duration(older_than_s)}."]
+    if not mine.empty:
+        notes.append(f"{len(mine)} are idle for up to "
+                     f"{format_duration(mine['state_age_s'].max())}: lower "
+                     "`idle_older_than` to include them, after checking that the "
+                     "application's pool will reconnect.")
+    return Plan("terminate idle sessions: none old enough", _frame([], columns),
+                "-- nothing to terminate", notes)
+
+
+def plan_reduce_pool(target: Target, limits: Any, deployment: str,
+                     container: str = "api", headroom: float = 0.8) -> Plan:
+    """Plan a per-pod pool size whose total fits in the usable slots."""
+    spec = kube.get_deployment(target, deployment)
+    replicas = max(1, int(spec["spec"].get("replicas") or 1))
+    usable = limits["max_connections"] - limits["superuser_reserved"]
+    budget = max(replicas, int(usable * headroom))
+    size = max(1, budget * 4 // (5 * replicas))
+    overflow = max(0, budget // replicas - size)
+    plan = plan_set_env(target, deployment, container,
+                        {"DB_POOL_SIZE": str(size), "DB_MAX_OVERFLOW": str(overflow)})
+    plan.notes.append(f"{replicas} replicas x ({size} + {overflow}) = "
+                      f"{replicas * (size + overflow)} connections at most, within "
+                      f"{headroom:.0%} of the {usable} usable slots.")
+    return plan
+
+
+def plan_get_in(limits: Any, deployment: str, target: Target) -> Plan:
+    """When every slot is taken: how to reach the database at all."""
+    command = shlex.join(["kubectl", "scale", f"deployment/{deployment}",
+                          "--replicas=1", "-n", target.namespace])
+    notes = ["Nobody can connect to look, this runbook included.",
+             "A superuser session can still use the reserved slots, if any are "
+             "left: run this runbook with a superuser DSN.",
+             "Otherwise free slots at the source: scaling the API down closes "
+             "its pods' pools (a partial outage, but the database answers again)."]
+    return Plan("get a connection back", _frame([], ["object", "field", "before",
+                                                     "after"]), command, notes)
+
+
+def pool_plans(verdict: Any, target: Target, *, sessions: Any, limits: Any,
+               application: str, idle_older_than_s: float, new_max_connections: int,
+               deployment: str) -> Plans:
+    """Return the guide's fixes for what the pool runbook found."""
+    plans = Plans()
+    found = verdict.finding("connection-pool-exhausted") or verdict.finding(
+        "connection-pool-near-limit")
+    if found is None:
+        return plans
+    if not found.evidence.get("max_connections"):
+        plans.append(plan_get_in(limits, deployment, target))
+        return plans
+    plans.append(plan_terminate_idle(sessions, application, idle_older_than_s))
+    plans.append(plan_reduce_pool(target, limits, deployment))
+    plans.append(plan_max_connections(limits, new_max_connections))
+    return plans

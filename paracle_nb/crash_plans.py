@@ -13,18 +13,9 @@ import shlex
 from typing import Any
 
 from paracle_nb import kube, kube_config
-from paracle_nb.actions import Plan, _frame, plan_memory_limit
+from paracle_nb.actions import Plan, Plans, _frame, plan_memory_limit
 from paracle_nb.secrets import fingerprint
 from paracle_nb.target import Target
-
-
-class Plans(list[Plan]):
-    """Several plans shown one after the other; says so when there are none."""
-
-    def _repr_html_(self) -> str:
-        if not self:
-            return "<p>No cause found that a plan would fix.</p>"
-        return "".join(plan._repr_html_() for plan in self)
 
 
 def plan_crash_fixes(target: Target, verdict: Any, deployment: str, container: str,

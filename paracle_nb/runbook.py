@@ -64,12 +64,22 @@ def available(value: Any) -> bool:
     return not isinstance(value, Unavailable) and value is not None
 
 
+_current: Runbook | None = None
+
+
+def current_target() -> Target | None:
+    """Return the target of the runbook open in this kernel, if any."""
+    return _current.target if _current is not None else None
+
+
 class Runbook:
     """One run of a runbook against a target: steps, timings, failures."""
 
     def __init__(self, name: str, target: Target) -> None:
+        global _current
         self.name = name
         self.target = target
+        _current = self
         self.failures: list[Unavailable] = []
         self.timings: dict[str, float] = {}
         log.info("runbook %s started against %s", name, target.environment)

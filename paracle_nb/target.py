@@ -121,6 +121,17 @@ class Target:
         if self.kubeconfig:
             _check_kubeconfig(self.kubeconfig, self.kube_context)
 
+    def context_name(self) -> str | None:
+        """Return the kube context in use: the given one or the current one."""
+        if self.kube_context:
+            return self.kube_context
+        path = self.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        try:
+            config = yaml.safe_load(pathlib.Path(path).expanduser().read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return (config or {}).get("current-context")
+
     def describe(self) -> dict[str, str]:
         """Return where this target points, without any credential."""
         return {

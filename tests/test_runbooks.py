@@ -52,6 +52,7 @@ def test_healthy_lab_has_no_problem(lab, artifacts, name):
     result = _run(lab, name, artifacts)
     assert not result.verdict.problem, result.verdict.to_dict()
     assert result.verdict.cause is None
+    assert "Plan (not applied)" not in result.html.read_text()
     _assert_artifact(result, lab)
 
 
@@ -83,7 +84,10 @@ def test_pool_exhaustion_is_named_with_holder_and_limit(lab, artifacts):
     assert evidence["held_by_application"] == {"paracle-api": 37}
     assert evidence["application_by_state"]["idle in transaction"] == 12
     assert evidence["available_to_applications"] == 0
-    assert "data:image/png;base64" in result.html.read_text()
+    page = result.html.read_text()
+    assert "data:image/png;base64" in page
+    assert "DB_POOL_SIZE" in page and "kubectl --context paracle-sandbox" in page
+    assert "-- Target: postgres postgresql://paracle_sre@127.0.0.1" in page
     _assert_artifact(result, lab)
 
 
@@ -109,6 +113,10 @@ def test_redis_oom_is_named_with_memory_and_prefixes(lab, artifacts):
     assert evidence["oom_rejected_writes"] >= oom.rejected
     prefixes = [p["prefix"] for p in evidence["largest_prefixes"]]
     assert prefixes[0] == "cache:" and {"session:", "ratelimit:"} <= set(prefixes)
+    page = result.html.read_text()
+    assert "delete keys matching cache:*" in page and "FLUSHDB" not in page.replace(
+        "never FLUSHDB", "")
+    assert "may evict any key, including those without TTL: cache:" in page
     _assert_artifact(result, lab)
 
 
