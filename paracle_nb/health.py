@@ -1,12 +1,28 @@
-"""The API's health endpoint, checked the way the guide's curl does."""
+"""Quick-diagnostics reads: the API's health endpoint and the namespace's pods.
+
+:func:`check_health` is the guide's ``curl -i https://<api>/health``;
+:func:`probe_health` is the same check for triage, where an API that does
+not answer is a symptom to report, not a step that failed.
+:func:`namespace_pods` is ``kubectl get pods -n <namespace>`` with the
+API's pods first.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from paracle_nb import kube
 from paracle_nb.errors import ParameterError, TargetTimeout, TargetUnreachable
 from paracle_nb.target import Target
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+BODY_HEAD = 200  # characters of the answer kept, as `curl -i | head` would
 
 
 def check_health(target: Target, path: str = "/health") -> dict[str, Any]:
@@ -21,6 +37,11 @@ def check_health(target: Target, path: str = "/health") -> dict[str, Any]:
     started = time.monotonic()
     try:
         response = http.request("GET", url)
+    except urllib3.exceptions.NewConnectionError as exc:
+        # urllib3 makes a refused connection a kind of connect timeout.
+        refused = str(exc).rsplit(": ", 1)[-1]
+        raise TargetUnreachable(f"{url} is unreachable ({refused})",
+                                target="api") from None
     except urllib3.exceptions.TimeoutError:
         raise TargetTimeout(f"{url} did not answer within "
                             f"{target.timeout_seconds:g}s", target="api") from None
@@ -30,6 +51,41 @@ def check_health(target: Target, path: str = "/health") -> dict[str, Any]:
                                 target="api") from None
     finally:
         http.clear()
-    return {"url": url, "status": response.status,
+    return {"url": url, "reachable": True, "status": response.status,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
-            "body": response.data[:200].decode(errors="replace")}
+            "body": response.data[:BODY_HEAD].decode(errors="replace")}
+
+
+def probe_health(target: Target, path: str = "/health") -> dict[str, Any]:
+    """Return :func:`check_health`'s answer, or why the API did not answer.
+
+    An unreachable or silent API gives ``reachable: False``, ``status:
+    None`` and the ``error``; a missing ``api_url`` still raises.
+    """
+    if not target.api_url:
+        raise ParameterError("no `api_url` in the parameters", target="api")
+    url = target.api_url.rstrip("/") + path
+    started = time.monotonic()
+    try:
+        return check_health(target, path)
+    except (TargetUnreachable, TargetTimeout) as exc:
+        log.debug("health check of %s failed: %s", url, exc)
+        return {"url": url, "reachable": False, "status": None,
+                "latency_ms": round((time.monotonic() - started) * 1000, 1),
+                "body": "", "error": str(exc)}
+
+
+def namespace_pods(target: Target) -> pd.DataFrame:
+    """Return every pod of the namespace, the API's pods first.
+
+    :func:`paracle_nb.kube.pod_table` plus an ``api`` column: True for the
+    pods the target's ``app_label`` selects.
+    """
+    every_pod = kube.list_pods(target)
+    api_pods = {pod["metadata"]["name"]
+                for pod in kube.list_pods(target, target.app_label)}
+
+    table = kube.pod_table(every_pod)
+    table.insert(1, "api", table["pod"].isin(api_pods))
+    return table.sort_values(["api", "pod"], ascending=[False, True],
+                             ignore_index=True)

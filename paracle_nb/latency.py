@@ -9,6 +9,7 @@ workers say why. Every function here only reads.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
@@ -47,12 +48,15 @@ def request_rate_query(window: str, job: str = "paracle-api") -> str:
 
 def current_latency(target: Target, window: str = "5m",
                     job: str = "paracle-api") -> dict[str, Any]:
-    """Return p95 and p50 latency (seconds) and requests per second, now."""
+    """Return p95 and p50 latency (milliseconds) and requests per second, now.
+
+    Latencies are None when no request came in the window.
+    """
     p95 = prometheus.value(target, quantile_query(window, job))
     p50 = prometheus.value(target, quantile_query(window, job, 0.5))
     rate = prometheus.value(target, request_rate_query(window, job))
-    return {"p95_s": _rounded(p95), "p50_s": _rounded(p50),
-            "requests_per_s": _rounded(rate, 2), "window": window,
+    return {"p95_ms": _milliseconds(p95), "p50_ms": _milliseconds(p50),
+            "requests_per_second": _rounded(rate, 2), "window": window,
             "query": quantile_query(window, job)}
 
 
@@ -83,7 +87,7 @@ def concurrency(target: Target, window: str = "5m", job: str = "paracle-api"
         target, f'sum(avg_over_time(http_requests_in_flight{{job="{job}"}}[{span}]))')
     rate = prometheus.value(target, request_rate_query(window, job))
     return {"max_in_flight": _rounded(peak, 1), "mean_in_flight": _rounded(mean, 1),
-            "requests_per_s": _rounded(rate, 2), "window": window}
+            "requests_per_second": _rounded(rate, 2), "window": window}
 
 
 def worker_capacity(target: Target, deployment: str = "paracle-api",
@@ -149,22 +153,32 @@ def statement_times(target: Target, role: str = "paracle", sample: str = "5s"
         time.sleep(seconds)
         after = postgres._query(conn, _STATEMENTS, [role])
 
+    # One line per statement text: the same text can have several query ids
+    # (a parameter bound as int2 once and int8 another time).
     earlier = {(r["userid"], r["dbid"], r["queryid"]): r for r in before}
-    rows = []
+    totals: dict[tuple[str, str], dict[str, float]] = {}
     for row in after:
         old = earlier.get((row["userid"], row["dbid"], row["queryid"]))
-        calls = row["calls"] - (old["calls"] if old else 0)
-        spent = row["total_exec_time"] - (old["total_exec_time"] if old else 0.0)
+        entry = totals.setdefault((row["role"], row["query"]), dict.fromkeys(
+            ("calls", "time", "sample_calls", "sample_time"), 0.0))
+        entry["calls"] += row["calls"]
+        entry["time"] += row["total_exec_time"]
+        entry["sample_calls"] += row["calls"] - (old["calls"] if old else 0)
+        entry["sample_time"] += row["total_exec_time"] - (
+            old["total_exec_time"] if old else 0.0)
+    rows = []
+    for (role, query), entry in totals.items():
+        calls, sampled = entry["calls"], entry["sample_calls"]
         rows.append({
-            "query": row["query"], "role": row["role"],
-            "calls": int(row["calls"]),
-            "mean_exec_time_ms": round(float(row["mean_exec_time"]), 2),
-            "sample_calls": int(calls),
-            "sample_mean_ms": round(spent / calls, 2) if calls > 0 else None,
-            "sample_s": seconds,
+            "query": query, "role": role, "calls": int(calls),
+            "mean_exec_time_ms": round(entry["time"] / calls, 2) if calls else 0.0,
+            "sample_calls": int(sampled),
+            "sample_mean_ms": round(entry["sample_time"] / sampled, 2)
+            if sampled > 0 else None,
+            "sample_seconds": seconds,
         })
     columns = ["query", "role", "calls", "mean_exec_time_ms", "sample_calls",
-               "sample_mean_ms", "sample_s"]
+               "sample_mean_ms", "sample_seconds"]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.sort_values(["sample_mean_ms", "mean_exec_time_ms"],
                              ascending=False, na_position="last", ignore_index=True)
@@ -190,3 +204,9 @@ def _promql_duration(window: str) -> str:
 
 def _rounded(number: float, digits: int = 3) -> float | None:
     return None if number != number else round(number, digits)
+
+
+def _milliseconds(seconds: float) -> int | None:
+    if seconds != seconds:
+        return None
+    return round(seconds * 1000) if math.isfinite(seconds) else None

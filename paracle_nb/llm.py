@@ -27,6 +27,15 @@ PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY",
                  "gemini": "GEMINI_API_KEY"}
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """Return the items of a comma-separated parameter, blanks dropped.
+
+    >>> split_list("OPENAI_API_KEY, ANTHROPIC_API_KEY,")
+    ('OPENAI_API_KEY', 'ANTHROPIC_API_KEY')
+    """
+    return tuple(item.strip() for item in (text or "").split(",") if item.strip())
+
+
 def key_fingerprints(target: Target, secret: str = "paracle-secrets",
                      keys: tuple[str, ...] = tuple(PROVIDER_KEYS.values())
                      ) -> pd.DataFrame:

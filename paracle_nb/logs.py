@@ -112,18 +112,54 @@ def recent(log: pd.DataFrame, window: str | float | None,
     return log[log["ts"] >= since]
 
 
+def error_lines(log: pd.DataFrame, window: str | float | None = None,
+                now: dt.datetime | None = None) -> pd.DataFrame:
+    """Return the error and warning lines (of the last ``window``), newest first.
+
+    Lines without a level (traceback lines) are left out: the error line
+    above them says what failed.
+    """
+    problems = log[log["level"].isin(["error", "warning", "fatal", "critical"])]
+    problems = recent(problems, window, now)
+    return problems.sort_values("ts", ascending=False, kind="stable",
+                                ignore_index=True)
+
+
+def error_counts(lines: pd.DataFrame) -> pd.DataFrame:
+    """Return error and warning lines counted by level, logger and message.
+
+    One row per kind of line, the most frequent first, with the pods that
+    wrote it, the last time it was seen and one ``error`` it carried.
+    """
+    import pandas as pd
+
+    columns = ["level", "logger", "msg", "lines", "pods", "last_seen", "error"]
+    if lines.empty:
+        return pd.DataFrame(columns=columns)
+    keyed = lines.assign(logger=lines["logger"].fillna("-"),
+                         error=lines["error"].fillna(""))
+    grouped = keyed.groupby(["level", "logger", "msg"], sort=False)
+    counts = grouped.agg(lines=("msg", "size"), pods=("pod", "nunique"),
+                         last_seen=("ts", "max"), error=("error", "last"))
+    counts = counts.reset_index().sort_values(["lines", "last_seen"],
+                                              ascending=False, ignore_index=True)
+    counts["error"] = counts["error"].str.slice(0, 160)
+    return counts[columns]
+
+
 def llm_durations(log: pd.DataFrame, window: str | float | None = None,
                   now: dt.datetime | None = None) -> pd.DataFrame:
     """Return LLM calls per provider: calls, failures, timeouts, durations.
 
-    Durations come from the ``llm_duration`` of finished requests; failures
-    from ``llm call failed`` lines, a failure with a timeout counting as a
-    timeout. ``timeout_s`` is the largest timeout the API reported.
+    Durations (milliseconds) come from the ``llm_duration`` of finished
+    requests; failures from ``llm call failed`` lines, a failure with a
+    timeout counting as a timeout. ``timeout_ms`` is the largest timeout the
+    API reported.
     """
     import pandas as pd
 
-    columns = ["provider", "calls", "failed", "timeouts", "p50_s", "p95_s",
-               "max_s", "timeout_s"]
+    columns = ["provider", "calls", "failed", "timeouts", "p50_ms", "p95_ms",
+               "max_ms", "timeout_ms"]
     log = recent(log, window, now)
     finished = log[log["llm_provider"].notna() & log["llm_duration"].notna()]
     failed = log[(log["logger"] == "paracle.llm") & log["provider"].notna()
@@ -141,16 +177,21 @@ def llm_durations(log: pd.DataFrame, window: str | float | None = None,
             "calls": int(len(durations)),
             "failed": int(len(errors)),
             "timeouts": int(timed_out.sum()),
-            "p50_s": _quantile(durations, 0.5),
-            "p95_s": _quantile(durations, 0.95),
-            "max_s": float(durations.max()) if len(durations) else None,
-            "timeout_s": float(errors["timeout"].max())
-            if errors["timeout"].notna().any() else None,
+            "p50_ms": _milliseconds(durations.quantile(0.5)),
+            "p95_ms": _milliseconds(durations.quantile(0.95)),
+            "max_ms": _milliseconds(durations.max()),
+            "timeout_ms": _milliseconds(errors["timeout"].max()),
         })
     frame = pd.DataFrame(rows, columns=columns)
-    return frame.sort_values("p95_s", ascending=False, ignore_index=True,
+    for column in ("p50_ms", "p95_ms", "max_ms", "timeout_ms"):
+        # Whole milliseconds, NaN where there is none (shown as "-").
+        frame[column] = pd.Series([r[column] for r in rows], dtype=object)
+    return frame.sort_values("p95_ms", ascending=False, ignore_index=True,
                              na_position="last")
 
 
-def _quantile(values: pd.Series, q: float) -> float | None:
-    return round(float(values.quantile(q)), 3) if len(values) else None
+def _milliseconds(seconds: Any) -> float | int:
+    """Return seconds as whole milliseconds; NaN for no value."""
+    if seconds is None or seconds != seconds:
+        return float("nan")
+    return round(float(seconds) * 1000)

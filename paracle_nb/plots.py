@@ -326,3 +326,38 @@ def latency_plot(series: Any, threshold: float = 1.0,
     axes.set_title(title)
     axes.legend(loc="upper left", fontsize=8, frameon=False)
     return Plot(figure, "api latency")
+
+
+def error_rate_plot(series: Any, threshold: float = 0.01,
+                    title: str = "API 5xx share of requests") -> Plot | None:
+    """The 5xx share of requests over time (percent), against the threshold.
+
+    ``series`` is long form (``series``, ``time``, ``value`` from 0 to 1),
+    as :func:`paracle_nb.api_errors.error_rate_over_time` returns it.
+    """
+    import matplotlib.dates as mdates
+
+    if not available(series):
+        return None
+    figure, axes = _figure(8, 3.0)
+    axes.grid(axis="y", alpha=0.3)
+
+    rows = series.dropna(subset=["value"]).sort_values("time") \
+        if not series.empty else series
+    if not rows.empty:
+        axes.plot(rows["time"], rows["value"] * 100, color=PALETTE[0],
+                  linewidth=1.6, label="5xx share")
+    else:
+        axes.text(0.5, 0.5, "no requests in this range", ha="center",
+                  va="center", transform=axes.transAxes, color="#757575")
+    axes.axhline(threshold * 100, color=LIMIT_COLOUR, linestyle="--",
+                 label=f"threshold ({threshold:.0%})")
+    peak = float(rows["value"].max()) * 100 if not rows.empty else 0.0
+    axes.set_ylim(0, max(threshold * 100, peak) * 1.2 or 1.0)
+
+    axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+    axes.set_xlabel("time (UTC)")
+    axes.set_ylabel("% of requests")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize=8, frameon=False)
+    return Plot(figure, "api error rate")

@@ -203,3 +203,17 @@ def duration(seconds: float) -> str:
         if whole % size == 0:
             return f"{whole // size}{unit}"
     return f"{whole}s"
+
+
+def scrape_targets(up: pd.DataFrame) -> dict[str, Any]:
+    """Return ``{"targets": n, "down": m, "down_instances": [...]}`` from ``up``.
+
+    ``up`` is the answer to ``up{job="..."}``: one series per scrape
+    target, 1 when the last scrape worked, 0 when it failed.
+    """
+    if up.empty:
+        return {"targets": 0, "down": 0, "down_instances": []}
+    down = up[up["value"] != 1]
+    names = down["instance"] if "instance" in down.columns else down["series"]
+    return {"targets": int(len(up)), "down": int(len(down)),
+            "down_instances": sorted(str(n) for n in names)}

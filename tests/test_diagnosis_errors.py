@@ -70,3 +70,32 @@ def test_configuration_sources_hide_secret_values():
     env = sources["deployment/paracle-api env"]
     assert env == {"LOG_LEVEL": "info", "DB_PASSWORD": None, "OPENAI_API_KEY": None}
     assert sources["configmap/paracle-config"] == {"A_B": "1"}
+
+
+def test_high_error_rate_evidence_names_the_threshold():
+    [finding] = diagnose_errors(error_ratio(1.0, 4.0), _groups(), CONFIG,
+                                max_error_rate=0.05)
+    assert finding.cause == "high-error-rate"
+    assert finding.evidence["threshold"] == 0.05
+
+
+def test_import_errors_name_the_module():
+    from paracle_nb.diagnosis.errors import describe_import_errors, import_errors
+
+    groups = _groups(
+        ("ModuleNotFoundError", "/app/paracle/llm/providers.py:11 in anthropic_client",
+         4, "No module named 'anthropic'"),
+        ("KeyError", "/app/paracle/agents/runner.py:18 in build_request", 9,
+         "'max_tokens'"))
+    found = import_errors(groups)
+    assert list(found["module"]) == ["anthropic"]
+    assert "lacks anthropic" in describe_import_errors(found)
+    assert import_errors(_groups()).empty
+
+
+def test_describe_error_rate():
+    from paracle_nb.diagnosis.errors import describe_error_rate
+
+    assert "above the 1% threshold" in describe_error_rate(error_ratio(1.0, 4.0))
+    assert "No requests" in describe_error_rate({**error_ratio(0.0, None),
+                                                 "window": "5m"})

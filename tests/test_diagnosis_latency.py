@@ -8,12 +8,10 @@ from paracle_nb.diagnosis.latency import (
     describe_latency,
     diagnose_latency,
     index_candidate,
-    index_to_create,
-    llm_env_changes,
-    replicas_for,
 )
 from paracle_nb.errors import TargetUnreachable
 from paracle_nb.findings import Severity, Verdict
+from paracle_nb.latency_plans import llm_env_changes, replicas_for
 from paracle_nb.runbook import Unavailable
 
 SLOW_STATEMENT = (
@@ -25,8 +23,10 @@ FAST_STATEMENT = "SELECT id, name, owner FROM agents WHERE id = $1"
 
 
 def _current(p95, window="5m"):
-    return {"p95_s": p95, "p50_s": p95 / 2 if p95 == p95 else None,
-            "requests_per_s": 12.5, "window": window, "query": "..."}
+    """The current latency as the runbook reads it (p95 given in seconds)."""
+    p95_ms = None if p95 != p95 else round(p95 * 1000)
+    return {"p95_ms": p95_ms, "p50_ms": p95_ms // 2 if p95_ms else None,
+            "requests_per_second": 12.5, "window": window, "query": "..."}
 
 
 def _llm(openai=(120, 0, 0.21, None), anthropic=(40, 0, 0.2, None)):
@@ -34,21 +34,28 @@ def _llm(openai=(120, 0, 0.21, None), anthropic=(40, 0, 0.2, None)):
     for name, (calls, timeouts, p95, timeout_s) in (("openai", openai),
                                                     ("anthropic", anthropic)):
         rows.append({"provider": name, "calls": calls, "failed": timeouts,
-                     "timeouts": timeouts, "p50_s": p95 / 2, "p95_s": p95,
-                     "max_s": p95, "timeout_s": timeout_s})
-    return pd.DataFrame(rows)
+                     "timeouts": timeouts, "p50_ms": round(p95 * 500),
+                     "p95_ms": round(p95 * 1000), "max_ms": round(p95 * 1000),
+                     "timeout_ms": round(timeout_s * 1000) if timeout_s
+                     else float("nan")})
+    frame = pd.DataFrame(rows)
+    for column in ("p50_ms", "p95_ms", "max_ms", "timeout_ms"):
+        # As logs.llm_durations writes them: whole ms, NaN for none.
+        frame[column] = pd.Series([r[column] for r in rows], dtype=object)
+    return frame
 
 
 def _statements(slow_mean=None, sample_calls=30):
     rows = [{"query": FAST_STATEMENT, "role": "paracle", "calls": 900,
              "mean_exec_time_ms": 0.05, "sample_calls": sample_calls,
-             "sample_mean_ms": 0.04 if sample_calls else None, "sample_s": 2.0}]
+             "sample_mean_ms": 0.04 if sample_calls else None,
+             "sample_seconds": 2.0}]
     if slow_mean is not None:
         rows.insert(0, {"query": SLOW_STATEMENT, "role": "paracle", "calls": 80,
                         "mean_exec_time_ms": slow_mean,
                         "sample_calls": sample_calls,
                         "sample_mean_ms": slow_mean if sample_calls else None,
-                        "sample_s": 2.0})
+                        "sample_seconds": 2.0})
     return pd.DataFrame(rows)
 
 
@@ -57,8 +64,8 @@ def _redis(median=0.3):
             "max_ms": median * 2}
 
 
-IN_FLIGHT = {"max_in_flight": 4.0, "mean_in_flight": 3.1, "requests_per_s": 15.0,
-             "window": "5m"}
+IN_FLIGHT = {"max_in_flight": 4.0, "mean_in_flight": 3.1,
+             "requests_per_second": 15.0, "window": "5m"}
 CAPACITY = {"deployment": "paracle-api", "ready_replicas": 3, "workers_per_pod": 4,
             "workers": 12}
 
@@ -86,8 +93,8 @@ def test_slow_statement_is_the_cause_with_its_index():
     evidence = findings[0].evidence
     assert evidence["mean_ms"] == 612.0 and evidence["basis"] == "sample"
     assert evidence["calls"] == 30 and evidence["threshold_ms"] == 100.0
-    assert evidence["index_table"] == "executions"
-    assert evidence["index_columns"] == ["agent_id", "status"]
+    assert evidence["table"] == "executions"
+    assert evidence["filter_columns"] == ["agent_id", "status"]
     high = findings[-1].evidence
     assert high["p95_s"] == 2.4 and high["threshold_s"] == 1.0
     assert high["explained_by"] == ["slow-database-queries"]
@@ -134,7 +141,7 @@ def test_slow_redis_round_trips():
 
 
 def test_queueing_with_fast_dependencies_is_too_many_requests():
-    in_flight = {**IN_FLIGHT, "max_in_flight": 100.0, "requests_per_s": 57.0}
+    in_flight = {**IN_FLIGHT, "max_in_flight": 100.0, "requests_per_second": 57.0}
     findings = _diagnose(current=_current(1.9), in_flight=in_flight)
     assert _causes(findings) == ["too-many-concurrent-requests", "high-latency"]
     evidence = findings[0].evidence
@@ -197,13 +204,11 @@ def test_plans_follow_the_findings():
     findings = _diagnose(current=_current(2.4), statements=_statements(612.0),
                          llm=_llm(openai=(60, 45, 1.5, 1.5)))
     verdict = Verdict("api/high-latency", findings)
-    assert index_to_create(verdict) == ("executions", ["agent_id", "status"])
     assert llm_env_changes(verdict, "120", "gemini") == {
         "LLM_TIMEOUT": "120", "DEFAULT_LLM_PROVIDER": "anthropic"}
     assert replicas_for(verdict) is None and replicas_for(verdict, 6) == 6
 
     healthy = Verdict("api/high-latency", [])
-    assert index_to_create(healthy) == (None, [])
     assert llm_env_changes(healthy, "120", "anthropic")["DEFAULT_LLM_PROVIDER"] \
         == "anthropic"
 

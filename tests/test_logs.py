@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import pandas as pd
 import pytest
 
 from paracle_nb.logs import llm_durations, log_frame, parse_logfmt, recent
@@ -87,13 +88,12 @@ def test_llm_durations_per_provider_with_timeouts():
     assert list(llm["provider"]) == ["openai", "anthropic"]
     openai = llm.iloc[0]
     assert (openai["calls"], openai["failed"], openai["timeouts"]) == (2, 1, 1)
-    assert openai["max_s"] == pytest.approx(1.501)
-    assert openai["timeout_s"] == 1.5
+    assert (openai["p50_ms"], openai["max_ms"], openai["timeout_ms"]) == (
+        1078, 1501, 1500)
     anthropic = llm.iloc[1]
     assert (anthropic["calls"], anthropic["failed"], anthropic["timeouts"]) == (
         1, 1, 0)
-    assert anthropic["timeout_s"] is None or anthropic["timeout_s"] != \
-        anthropic["timeout_s"]
+    assert anthropic["p95_ms"] == 204 and pd.isna(anthropic["timeout_ms"])
 
 
 def test_llm_durations_without_llm_lines():

@@ -137,8 +137,9 @@ def test_oom_is_named_and_nothing_else(lab, artifacts):
     evidence = _only(result, "oom-killed")
     assert sorted(evidence["restarts"].values()) == [7, 9, 12]
     assert evidence["last_exit_code"] == 137
-    assert "kubectl set resources deployment/paracle-api -c api " \
-           "--limits=memory=1024Mi" in result.html.read_text()
+    assert ("kubectl --context paracle-sandbox set resources "
+            "deployment/paracle-api -c api --limits=memory=1024Mi"
+            in result.html.read_text())
 
 
 def test_database_failure_is_named_from_logs_and_a_real_attempt(lab, artifacts):
@@ -162,7 +163,8 @@ def test_database_failure_is_named_from_logs_and_a_real_attempt(lab, artifacts):
     assert evidence["attempt_key"] == "DATABASE_URL"
     assert evidence["attempt_secret_fingerprint"] == stale["secret_fingerprint"]
     html = result.html.read_text()
-    assert "secret/paracle-secrets" in html and "kubectl rollout restart" in html
+    assert "secret/paracle-secrets" in html and \
+        "kubectl --context paracle-sandbox rollout restart" in html
     assert f"sha256:{stale['secret_fingerprint']}" in html
 
 
@@ -212,5 +214,6 @@ def test_image_pull_error_is_named_with_registry_answer_and_pull_secret(
     assert evidence["image_pull_secrets"] == ["regcred"]
     assert evidence["missing_pull_secrets"] == ["regcred"]
     html = result.html.read_text()
-    assert "kubectl create secret docker-registry regcred" in html
+    assert "kubectl --context paracle-sandbox create secret docker-registry regcred" \
+        in html
 

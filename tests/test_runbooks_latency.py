@@ -7,6 +7,9 @@ while the runbook looks, as traffic would during an incident.
 """
 
 import json
+import math
+import os
+import re
 
 import pytest
 
@@ -30,7 +33,10 @@ CAUSES = {"slow-database-queries", "llm-provider-timeout", "slow-redis",
 def lab():
     with Lab() as lab:
         if lab.live.prometheus is None:
-            pytest.skip(lab.live.prometheus_missing or "no Prometheus")
+            # As conftest does for the other servers: skip here, fail in CI.
+            if os.environ.get("CI"):
+                pytest.fail(lab.live.prometheus_missing)
+            pytest.skip(lab.live.prometheus_missing)
         yield lab
 
 
@@ -44,13 +50,23 @@ def _run(lab, tmp_path):
 def _assert_artifact(result, lab):
     html = result.html.read_text()
     assert 'alt="api latency"' in html and "data:image/png;base64" in html
-    assert "Plan (not applied)" in html
+    plans = "No cause found that a plan would fix" if not result.verdict.problem \
+        else "Plan (not applied)"
+    assert plans in html
     notebook = json.loads(result.notebook.read_text())
     assert notebook["metadata"]["paracle"]["verdict"] == result.verdict.to_dict()
     written = b"".join(p.read_bytes() for p in result.folder.iterdir())
     for secret in (lab.postgres.password("paracle_sre"),
                    lab.postgres.password("paracle"), lab.redis.password):
         assert secret.encode() not in written
+
+
+def _plans_html(result):
+    """Return what the remediation cell (the notebook's last) displayed."""
+    notebook = json.loads(result.notebook.read_text())
+    outputs = notebook["cells"][-1]["outputs"]
+    return "".join("".join(o.get("data", {}).get("text/html", ""))
+                   for o in outputs)
 
 
 def _high_latency(result):
@@ -80,12 +96,12 @@ def test_slow_database_queries_are_named(lab, tmp_path):
     assert evidence["basis"] == "sample" and evidence["calls"] > 0
     assert evidence["mean_ms"] > 100.0 and evidence["threshold_ms"] == 100.0
     assert "FROM executions" in evidence["query"]
-    assert evidence["index_table"] == "executions"
-    assert evidence["index_columns"] == ["agent_id", "status"]
+    assert evidence["table"] == "executions"
+    assert evidence["filter_columns"] == ["agent_id", "status"]
     assert _high_latency(result)["explained_by"] == ["slow-database-queries"]
     html = result.html.read_text()
-    assert ("CREATE INDEX CONCURRENTLY idx_executions_agent_id_status ON "
-            "executions (agent_id, status);") in html
+    assert "CREATE INDEX CONCURRENTLY idx_executions_agent_id_status" in html
+    assert "ON executions (agent_id, status);" in html
     _assert_artifact(result, lab)
 
 
@@ -113,8 +129,11 @@ def test_slow_redis_is_named(lab, tmp_path):
     assert result.verdict.causes == ["slow-redis", "high-latency"]
     evidence = result.verdict.finding("slow-redis").evidence
     # Two clients take turns sleeping 250 ms in Redis: a PING waits for them.
-    assert evidence["median_ms"] >= incident.details["sleep_s"] * 1000 * 0.8
+    assert evidence["median_ms"] >= incident.details["sleep_s"] * 1000 / 2
     assert evidence["samples"] == 5 and evidence["threshold_ms"] == 50.0
+    plans = _plans_html(result)
+    assert "SCAN 0 MATCH cache:*" in plans and "CONFIG SET maxmemory 64mb" in plans
+    assert set(re.findall(r"\w+ FLUSHDB", plans)) == {"never FLUSHDB"}
     _assert_artifact(result, lab)
 
 
@@ -127,7 +146,8 @@ def test_too_many_concurrent_requests_are_named(lab, tmp_path):
     evidence = result.verdict.finding("too-many-concurrent-requests").evidence
     assert evidence["workers"] == incident.details["workers"] == 12
     assert (evidence["ready_replicas"], evidence["workers_per_pod"]) == (3, 4)
-    assert 80 <= evidence["max_in_flight"] <= 100
-    assert evidence["replicas_needed"] == 25
-    assert "--replicas=25" in result.html.read_text()
+    # A hundred clients: nearly all of them in flight, most waiting.
+    assert 80 <= evidence["max_in_flight"] <= 101
+    assert evidence["replicas_needed"] == math.ceil(evidence["max_in_flight"] / 4)
+    assert f"--replicas={evidence['replicas_needed']}" in result.html.read_text()
     _assert_artifact(result, lab)

@@ -58,3 +58,33 @@ def test_kubectl_timestamps_are_tolerated_and_empty_is_empty():
     stamped = ["2026-12-04T10:00:01.5Z " + line for line in LOG.splitlines()]
     assert len(extract(stamped)) == 3
     assert group([]).empty
+
+
+def test_groups_from_api_log_lines_of_a_real_raise():
+    """A chained ConfigError, raised by the API's settings code, logged as
+    the API logs it, is one group at the line that raised it."""
+    import traceback
+
+    from paracle_nb import api_errors
+    from paracle_nb.logs import log_frame
+    from paracle_nb.sandbox import app_code
+    from paracle_nb.sandbox.api_service import logfmt
+
+    lines = []
+    for _ in range(3):
+        try:
+            app_code.load_settings({"LLM_TIMEOUT": "sixty"})
+        except Exception as exc:
+            lines.append(logfmt("error", "paracle.api", "unhandled exception",
+                                error=f"{type(exc).__name__}: {exc}"))
+            lines += traceback.format_exc().splitlines()
+        lines.append(logfmt("error", "paracle.api", "request finished",
+                            status=500))
+    groups = api_errors.traceback_groups(log_frame(lines, pod="paracle-api-a"))
+
+    assert groups.to_dict("records") == [{
+        "exception": "paracle.config.ConfigError",
+        "where": app_code.where("paracle.config", 'raise ConfigError(f"{name} '
+                                                  "must be a number"),
+        "count": 3, "sources": "paracle-api-a",
+        "example_message": "LLM_TIMEOUT must be a number of seconds, got 'sixty'"}]

@@ -24,7 +24,7 @@ def diagnose_errors(error_rate: Any, groups: Any, config: Any, *,
             "high-error-rate", Severity.CRITICAL,
             f"{error_rate['ratio']:.1%} of requests answer 5xx "
             f"({error_rate['errors_per_s']:.2f}/s).",
-            dict(error_rate), step="Check error rate"))
+            {**error_rate, "threshold": max_error_rate}, step="Check error rate"))
     if not available(groups) or groups.empty:
         return findings
 
@@ -122,3 +122,68 @@ def error_ratio(errors_per_s: float | None, requests_per_s: float | None
     return {"errors_per_s": errors_per_s or 0.0, "requests_per_s": requests_per_s,
             "ratio": ratio}
 
+
+
+def describe_error_rate(error_rate: Any, max_error_rate: float = 0.01) -> str:
+    """Return one sentence on the 5xx rate against the threshold."""
+    if not available(error_rate):
+        return "Error rate unavailable."
+    ratio = error_rate.get("ratio")
+    if ratio is None:
+        return (f"No requests in the last {error_rate.get('window', 'window')}: "
+                "no error rate to compute.")
+    verdict = "above" if ratio > max_error_rate else "within"
+    return (f"{ratio:.1%} of requests answer 5xx ({error_rate['errors_per_s']:.2f}"
+            f" of {error_rate['requests_per_s']:.2f} requests/s), {verdict} the "
+            f"{max_error_rate:.0%} threshold.")
+
+
+def describe_error_lines(lines: Any) -> str:
+    """Return one sentence on the error lines found in the pods' logs."""
+    if not available(lines):
+        return "Logs unavailable."
+    if lines.empty:
+        return "No API pod log read."
+    total = int(lines["error_lines"].sum())
+    if total == 0:
+        return (f"No error or exception line in the last "
+                f"{int(lines['lines_read'].sum())} log lines of "
+                f"{len(lines)} pod(s).")
+    return (f"{total} error or exception line(s) in {len(lines)} pod(s), "
+            f"{int(lines['tracebacks'].sum())} traceback(s).")
+
+
+def import_errors(groups: Any) -> Any:
+    """Return the traceback groups that are import errors, with the module."""
+    if groups.empty:
+        return groups.assign(module=[])
+    short = groups["exception"].str.rsplit(".", n=1).str[-1]
+    found = groups[short.isin(IMPORT_ERRORS)].copy()
+    found["module"] = [_module_of(m) for m in found["example_message"]]
+    return found.reset_index(drop=True)
+
+
+def _module_of(message: Any) -> str | None:
+    match = _MODULE.search(str(message or ""))
+    return next((g for g in match.groups() if g), None) if match else None
+
+
+def describe_import_errors(found: Any) -> str:
+    """Return one sentence on import errors (a dependency missing from the image)."""
+    if not available(found):
+        return "Tracebacks unavailable."
+    if found.empty:
+        return "No ImportError or ModuleNotFoundError in the logs."
+    modules = sorted({m for m in found["module"] if m})
+    return (f"{int(found['count'].sum())} import error(s): the image lacks "
+            f"{', '.join(modules) or 'a module'}.")
+
+
+def describe_configuration(config: Any) -> str:
+    """Return one sentence on the settings read (secret values never shown)."""
+    if not available(config):
+        return "Configuration unavailable."
+    total = sum(len(values) for values in config.values())
+    hidden = sum(v is None for values in config.values() for v in values.values())
+    return (f"{total} setting(s) from {len(config)} source(s); {hidden} come from "
+            "a Secret or look secret, and their values are not shown.")

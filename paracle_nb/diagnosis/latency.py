@@ -62,19 +62,29 @@ def diagnose_latency(current: Any, llm: Any, statements: Any, redis_rtt: Any,
 
 
 def _p95(current: Any) -> float | None:
-    if not available(current) or current.get("p95_s") is None:
+    """Return the p95 in seconds, None without a reading."""
+    if not available(current):
         return None
-    p95 = float(current["p95_s"])
-    return None if math.isnan(p95) else p95
+    return _seconds(current.get("p95_ms"))
+
+
+def _seconds(milliseconds: Any) -> float | None:
+    """Return milliseconds (int, float, NA or None) as seconds, or None."""
+    try:
+        value = float(milliseconds)
+    except (TypeError, ValueError):  # None, or pandas' NA
+        return None
+    return None if math.isnan(value) else round(value / 1000, 3)
 
 
 def _high_latency(current: dict[str, Any], threshold_s: float,
                   explained_by: list[str]) -> Finding:
-    evidence = {"p95_s": current["p95_s"], "threshold_s": threshold_s,
-                "p50_s": current.get("p50_s"),
-                "requests_per_s": current.get("requests_per_s"),
+    p95 = _seconds(current["p95_ms"]) or 0.0
+    evidence = {"p95_s": p95, "threshold_s": threshold_s,
+                "p50_s": _seconds(current.get("p50_ms")),
+                "requests_per_second": current.get("requests_per_second"),
                 "window": current["window"], "explained_by": explained_by}
-    summary = (f"p95 latency is {current['p95_s']:.2f} s over the last "
+    summary = (f"p95 latency is {p95:.2f} s over the last "
                f"{current['window']}, above the {threshold_s:g} s threshold")
     if explained_by:
         summary += f"; see {', '.join(explained_by)}."
@@ -88,39 +98,42 @@ def _llm_timeout(llm: Any, threshold_s: float, timeout_share: float,
                  severity: Severity) -> Finding | None:
     if not available(llm) or llm.empty:
         return None
+    rows = [{"provider": r.provider, "calls": int(r.calls),
+             "timeouts": int(r.timeouts), "p95_s": _seconds(r.p95_ms),
+             "max_s": _seconds(r.max_ms), "timeout_s": _seconds(r.timeout_ms)}
+            for r in llm.itertuples()]
     worst = None
-    for row in llm.itertuples():
-        share = row.timeouts / row.calls if row.calls else 0.0
-        slow = row.p95_s is not None and row.p95_s == row.p95_s and \
-            row.p95_s >= threshold_s
-        if (row.timeouts and share >= timeout_share) or slow:
-            if worst is None or (row.timeouts, row.p95_s or 0) > (
-                    worst.timeouts, worst.p95_s or 0):
+    for row in rows:
+        share = row["timeouts"] / row["calls"] if row["calls"] else 0.0
+        slow = row["p95_s"] is not None and row["p95_s"] >= threshold_s
+        if (row["timeouts"] and share >= timeout_share) or slow:
+            if worst is None or (row["timeouts"], row["p95_s"] or 0) > (
+                    worst["timeouts"], worst["p95_s"] or 0):
                 worst = row
     if worst is None:
         return None
 
-    healthy = {r.provider: r.p95_s for r in llm.itertuples()
-               if r.provider != worst.provider and not r.timeouts
-               and r.p95_s is not None and r.p95_s < threshold_s}
+    healthy = {r["provider"]: r["p95_s"] for r in rows
+               if r["provider"] != worst["provider"] and not r["timeouts"]
+               and r["p95_s"] is not None and r["p95_s"] < threshold_s}
     evidence = {
-        "provider": worst.provider, "calls": int(worst.calls),
-        "timeouts": int(worst.timeouts),
-        "timeout_share": round(worst.timeouts / worst.calls, 3) if worst.calls
-        else None,
-        "p95_s": worst.p95_s, "max_s": worst.max_s,
-        "llm_timeout_s": worst.timeout_s if worst.timeout_s == worst.timeout_s
-        else None,
-        "healthy_providers": healthy,
+        "provider": worst["provider"], "calls": worst["calls"],
+        "timeouts": worst["timeouts"],
+        "timeout_share": round(worst["timeouts"] / worst["calls"], 3)
+        if worst["calls"] else None,
+        "p95_s": worst["p95_s"], "max_s": worst["max_s"],
+        "llm_timeout_s": worst["timeout_s"], "healthy_providers": healthy,
     }
-    if worst.timeouts:
-        summary = (f"{worst.provider}: {int(worst.timeouts)} of {int(worst.calls)} "
+    if worst["timeouts"]:
+        summary = (f"{worst['provider']}: {worst['timeouts']} of {worst['calls']} "
                    f"LLM calls timed out")
-        if evidence["llm_timeout_s"]:
-            summary += f" after {evidence['llm_timeout_s']:g} s"
+        if worst["timeout_s"]:
+            summary += f" after {worst['timeout_s']:g} s"
     else:
-        summary = f"{worst.provider}: LLM calls are slow"
-    summary += f" (p95 {worst.p95_s:.2f} s)."
+        summary = f"{worst['provider']}: LLM calls are slow"
+    if worst["p95_s"] is not None:
+        summary += f" (p95 {worst['p95_s']:.2f} s)"
+    summary += "."
     if healthy:
         others = ", ".join(f"{p} p95 {s:.2f} s" for p, s in healthy.items())
         summary += f" Healthy: {others}."
@@ -150,10 +163,11 @@ def _slow_database(statements: Any, slow_ms: float, severity: Severity
         "calls": int(top[calls_column]), "basis": basis,
         "all_time_mean_ms": round(float(top["mean_exec_time_ms"]), 1),
         "slow_statements": int(len(slow)), "threshold_ms": slow_ms,
-        "index_table": candidate["table"] if candidate else None,
-        "index_columns": candidate["columns"] if candidate else [],
+        # Named as the slow-queries runbook names them, for the index plan.
+        "table": candidate["table"] if candidate else None,
+        "filter_columns": candidate["columns"] if candidate else [],
     }
-    when = (f"{evidence['calls']} calls in the last {top['sample_s']:g} s"
+    when = (f"{evidence['calls']} calls in the last {top['sample_seconds']:g} s"
             if basis == "sample" else f"{evidence['calls']} calls, all-time")
     summary = (f"An API statement takes {evidence['mean_ms']:.0f} ms on average "
                f"({when}), over the {slow_ms:g} ms line")
@@ -189,7 +203,7 @@ def _too_many_requests(in_flight: Any, capacity: Any, current: Any
         "max_in_flight": peak, "mean_in_flight": in_flight.get("mean_in_flight"),
         "workers": workers, "ready_replicas": capacity.get("ready_replicas"),
         "workers_per_pod": capacity.get("workers_per_pod"),
-        "requests_per_s": in_flight.get("requests_per_s"),
+        "requests_per_second": in_flight.get("requests_per_second"),
         "replicas_needed": math.ceil(peak / per_pod),
         "window": in_flight.get("window"),
     }
@@ -199,37 +213,6 @@ def _too_many_requests(in_flight: Any, capacity: Any, current: Any
                f"answer fast.")
     return Finding("too-many-concurrent-requests", Severity.CRITICAL, summary,
                    evidence, step="Check active requests")
-
-
-def index_to_create(verdict: Any) -> tuple[str | None, list[str]]:
-    """Return (table, columns) of the index a slow-statement finding calls for."""
-    finding = verdict.finding("slow-database-queries") if verdict else None
-    if finding is None:
-        return None, []
-    return finding.evidence.get("index_table"), list(
-        finding.evidence.get("index_columns") or [])
-
-
-def llm_env_changes(verdict: Any, new_timeout: str, fallback: str
-                    ) -> dict[str, str | None]:
-    """Return the guide's LLM env change: a longer timeout, another provider.
-
-    With a timeout finding, the fallback must be a provider the logs show
-    healthy: the given one if it is, else the fastest healthy one.
-    """
-    finding = verdict.finding("llm-provider-timeout") if verdict else None
-    healthy = finding.evidence.get("healthy_providers") if finding else None
-    if healthy and fallback not in healthy:
-        fallback = min(healthy, key=lambda p: healthy[p])
-    return {"LLM_TIMEOUT": new_timeout, "DEFAULT_LLM_PROVIDER": fallback}
-
-
-def replicas_for(verdict: Any, new_replicas: int = 0) -> int | None:
-    """Return the replicas to scale to: the parameter, else what the queue needs."""
-    if new_replicas > 0:
-        return new_replicas
-    finding = verdict.finding("too-many-concurrent-requests") if verdict else None
-    return finding.evidence.get("replicas_needed") if finding else None
 
 
 def index_candidate(query: str) -> dict[str, Any] | None:
@@ -274,7 +257,7 @@ def describe_latency(current: Any, threshold_s: float = 1.0) -> str:
         return f"No requests in the last {current['window']}: no p95 to show."
     verdict = "above" if p95 > threshold_s else "under"
     return (f"p95 is **{p95:.2f} s** over the last {current['window']} "
-            f"({current['requests_per_s']} requests/s), {verdict} the "
+            f"({current['requests_per_second']} requests/s), {verdict} the "
             f"{threshold_s:g} s threshold.")
 
 
@@ -284,9 +267,9 @@ def describe_llm(llm: Any) -> str:
         return "API logs unavailable."
     if llm.empty:
         return "No LLM call in the API logs of this window."
-    parts = [f"{r.provider} p95 {r.p95_s:.2f} s"
+    parts = [f"{r.provider} p95 {_seconds(r.p95_ms):.2f} s"
              + (f", {int(r.timeouts)} timed out" if r.timeouts else "")
-             for r in llm.itertuples() if r.p95_s == r.p95_s and r.p95_s is not None]
+             for r in llm.itertuples() if _seconds(r.p95_ms) is not None]
     return "LLM calls from the API logs: " + "; ".join(parts) + "."
 
 
@@ -300,7 +283,7 @@ def describe_statements(statements: Any, slow_ms: float = 100.0) -> str:
                 "below.")
     top = sampled.iloc[0]
     line = "over" if top["sample_mean_ms"] >= slow_ms else "under"
-    return (f"The API's slowest statement took {top['sample_mean_ms']:.1f} ms on "
+    return (f"The API's slowest statement took {top['sample_mean_ms']:.3g} ms on "
             f"average over {int(top['sample_calls'])} calls in the sample, "
             f"{line} the {slow_ms:g} ms line.")
 

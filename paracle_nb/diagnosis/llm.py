@@ -51,9 +51,45 @@ def llm_errors(log: pd.DataFrame) -> pd.DataFrame:
     return grouped.sort_values("count", ascending=False, ignore_index=True)[columns]
 
 
+def provider_calls(log: pd.DataFrame) -> pd.DataFrame:
+    """Return LLM calls per provider: finished requests, answered ones, failures.
+
+    ``answered`` counts requests that finished 200 after calling the
+    provider; ``failed`` counts ``llm call failed`` lines.
+    """
+    import pandas as pd
+
+    columns = ["provider", "calls", "answered", "failed"]
+    if log.empty or not {"llm_provider", "provider"} <= set(log.columns):
+        return pd.DataFrame(columns=columns)
+    finished = log[log["llm_provider"].notna()]
+    failed = log[(log["logger"] == "paracle.llm") & log["provider"].notna()
+                 & log["level"].isin(["error", "warning"])]
+    rows = []
+    for provider in sorted(set(finished["llm_provider"]) | set(failed["provider"])):
+        mine = finished[finished["llm_provider"] == provider]
+        rows.append({"provider": provider, "calls": int(len(mine)),
+                     "answered": int((mine["status"].astype(str) == "200").sum()),
+                     "failed": int((failed["provider"] == provider).sum())})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def healthy_providers(calls: Any) -> list[str]:
+    """Return the providers that answered calls and failed none, busiest first."""
+    if not available(calls) or calls.empty:
+        return []
+    good = calls[(calls["answered"] > 0) & (calls["failed"] == 0)]
+    return list(good.sort_values("answered", ascending=False)["provider"])
+
+
 def diagnose_llm(errors: Any, keys: Any = None, pages: Any = None, *,
-                 min_errors: int = 5) -> list[Finding]:
-    """Return one finding per provider and category with enough failures."""
+                 min_errors: int = 5, healthy: list[str] | None = None
+                 ) -> list[Finding]:
+    """Return one finding per provider and category with enough failures.
+
+    ``healthy`` (see :func:`healthy_providers`) goes into each finding's
+    evidence: the providers a switch could go to.
+    """
     if not available(errors) or errors.empty:
         return []
     findings = []
@@ -69,6 +105,9 @@ def diagnose_llm(errors: Any, keys: Any = None, pages: Any = None, *,
             evidence.update(_key_evidence(keys, row.provider))
         if available(pages) and not pages.empty:
             evidence["status_pages"] = pages[["url", "indicator"]].to_dict("records")
+        if healthy is not None:
+            evidence["healthy_providers"] = [p for p in healthy
+                                             if p != row.provider]
         findings.append(Finding(
             cause, Severity.CRITICAL,
             f"{row.provider}: {int(row.count)} failed calls — {label}.",
@@ -96,3 +135,38 @@ def describe_llm_errors(errors: Any) -> str:
         return "No failed LLM call in the API's logs."
     parts = [f"{r.provider} {r.category} x{int(r.count)}" for r in errors.itertuples()]
     return "Failed LLM calls: " + ", ".join(parts) + "."
+
+
+def describe_keys(keys: Any) -> str:
+    """Return one sentence on the API keys (fingerprints, never values)."""
+    if not available(keys):
+        return "API keys unavailable."
+    missing = list(keys.loc[~keys["present"].astype(bool), "key"])
+    present = len(keys) - len(missing)
+    sentence = (f"{present} API key(s) in the Secret, identified by fingerprint "
+                "only")
+    if missing:
+        sentence += f"; missing: {', '.join(missing)}"
+    return sentence + "."
+
+
+def describe_pages(pages: Any) -> str:
+    """Return one sentence on the provider status pages."""
+    if not available(pages):
+        return "Status pages unavailable."
+    if pages.empty:
+        return "No status page URL given: not read (that is not an error)."
+    parts = [f"{r.url}: {r.indicator if r.reachable else 'not reachable'}"
+             for r in pages.itertuples()]
+    return "Status pages: " + "; ".join(parts) + "."
+
+
+def describe_provider_calls(calls: Any) -> str:
+    """Return one sentence on which providers answer."""
+    if not available(calls):
+        return "API logs unavailable."
+    if calls.empty:
+        return "No LLM call in the API's logs."
+    healthy = healthy_providers(calls)
+    return (f"LLM calls of {len(calls)} provider(s); answering without error: "
+            f"{', '.join(healthy) or 'none'}.")

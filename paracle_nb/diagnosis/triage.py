@@ -1,13 +1,28 @@
-"""Quick diagnostics: what is wrong at a glance, and which runbook is next."""
+"""Quick diagnostics: what is wrong at a glance, and which runbook is next.
+
+Each symptom becomes one WARNING finding whose ``evidence["open_next"]``
+names the runbook that diagnoses it; :func:`next_runbooks` orders them.
+The escalation bundle is recommended when the symptoms span several
+unrelated areas, or when a triage step could not run at all.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+from paracle_nb.errors import TargetTimeout, TargetUnreachable
 from paracle_nb.findings import Finding, Severity
 from paracle_nb.runbook import Unavailable, available
 
-# Log markers that point at one runbook, checked on error and warning lines.
+if TYPE_CHECKING:
+    import pandas as pd
+
+ESCALATION = "escalation/diagnostic-bundle"
+
+# Markers in error and warning lines (and in the health endpoint's answer)
+# that point at one runbook; the first that matches a line wins, so the
+# specific ones come before the generic "unhandled exception".
 LOG_SIGNS = [
     ("too many clients", "database/connection-pool-exhausted",
      "Postgres refuses connections"),
@@ -18,64 +33,184 @@ LOG_SIGNS = [
      "Redis refuses writes"),
     ("max number of clients", "redis/connection-timeout", "Redis refuses clients"),
     ("redis timeout", "redis/connection-timeout", "Redis calls time out"),
-    ("traceback", "api/500-errors", "unhandled exceptions"),
     ("llm call failed", "llm/provider-errors", "LLM calls fail"),
+    ("unhandled exception", "api/500-errors", "unhandled exceptions"),
+    ("traceback", "api/500-errors", "unhandled exceptions"),
 ]
 POD_SIGNS = {
     "CrashLoopBackOff": ("api/pods-crashing", "pods crash-looping"),
     "OOMKilled": ("api/pods-crashing", "pods OOM-killed"),
     "Error": ("api/pods-crashing", "containers exiting with errors"),
+    "CreateContainerConfigError": ("api/pods-crashing",
+                                   "containers missing their configuration"),
     "ErrImagePull": ("api/pods-crashing", "image pull failing"),
     "ImagePullBackOff": ("api/pods-crashing", "image pull failing"),
     "Pending": ("kubernetes/pods-not-scheduling", "pods not scheduled"),
 }
+# Where to look first when two runbooks have as many symptoms: the
+# cluster, then the dependencies, then what the API's users see.
+RUNBOOK_ORDER = [
+    "kubernetes/pods-not-scheduling", "api/pods-crashing",
+    "kubernetes/service-not-accessible", "database/connection-pool-exhausted",
+    "redis/out-of-memory", "redis/connection-timeout", "llm/provider-errors",
+    "database/slow-queries", "api/500-errors", "api/high-latency",
+]
+# Symptoms in this many areas at once are not one incident: escalate.
+UNRELATED_AREAS = 3
 
 
 def diagnose_triage(health: Any, pods: Any, log_lines: Any, up: Any, p95: Any,
                     *, latency_threshold_s: float = 1.0) -> list[Finding]:
-    """Return one finding per symptom, each naming the runbook to open next."""
-    findings: list[Finding] = []
-    if isinstance(health, Unavailable):
-        findings.append(_next("api-unreachable", "service-not-accessible",
-                              f"Health check failed: {health.reason}",
-                              "kubernetes/service-not-accessible"))
-    elif available(health) and health["status"] >= 500:
-        findings.append(_next("api-unhealthy", "health endpoint failing",
-                              f"Health endpoint answered {health['status']}.",
-                              "api/500-errors", status=health["status"]))
+    """Return one finding per symptom, each naming the runbook to open next.
 
-    if available(pods) and not pods.empty:
-        for status, (runbook, label) in POD_SIGNS.items():
-            count = int((pods["status"] == status).sum())
-            if count:
-                findings.append(_next(f"pods-{status.lower()}", label,
-                                      f"{count} pod(s) {status}.", runbook,
-                                      pods=count))
-    if available(up) and up.get("targets") is not None and up["down"]:
-        findings.append(_next("scrape-target-down", "API not scraped",
-                              f"{up['down']} of {up['targets']} API scrape targets "
-                              "are down.", "api/pods-crashing", **up))
-    if available(p95) and p95 is not None and p95 > latency_threshold_s:
-        findings.append(_next("high-latency", "p95 above threshold",
-                              f"p95 latency {p95:.2f}s > {latency_threshold_s:g}s.",
-                              "api/high-latency", p95_s=round(p95, 3)))
+    ``health`` is :func:`paracle_nb.health.probe_health`'s answer, ``pods``
+    a pod table, ``log_lines`` :func:`paracle_nb.logs.error_lines` (or the
+    lines as text), ``up`` :func:`paracle_nb.prometheus.scrape_targets` and
+    ``p95`` the API's p95 latency in seconds. The findings come in the
+    order of :func:`next_runbooks`, the escalation last.
+    """
+    findings = _health_findings(health)
+    pod_findings = _pod_findings(pods)
+    findings += pod_findings
+    crashing = any(f.evidence["open_next"] == "api/pods-crashing"
+                   for f in pod_findings)
+    findings += _up_findings(up, crashing)
+    if available(p95) and p95 == p95 and p95 > latency_threshold_s:
+        findings.append(_next(
+            "high-latency", "p95 above threshold",
+            f"p95 latency {p95:.2f}s > {latency_threshold_s:g}s.",
+            "api/high-latency", p95_s=round(float(p95), 3),
+            threshold_s=latency_threshold_s))
     if available(log_lines):
-        findings.extend(_log_findings(log_lines))
+        findings += _log_findings(_texts(log_lines))
+
+    order = next_runbooks(findings)
+    findings.sort(key=lambda f: order.index(f.evidence["open_next"])
+                  if "open_next" in f.evidence else len(order))
+    # An API that does not answer is a symptom; any other step that failed
+    # leaves the triage blind on its part.
+    not_run = [value.step for value in (health, pods, log_lines, up, p95)
+               if isinstance(value, Unavailable) and not (
+                   value is health and _unreachable(value))]
+    not_run = list(dict.fromkeys(not_run))
+    escalation = _escalation(findings, not_run)
+    return findings + ([escalation] if escalation else [])
+
+
+def _unreachable(health: Any) -> bool:
+    """True for a failed health check that says the API did not answer."""
+    return isinstance(health, Unavailable) and isinstance(
+        health.error, (TargetUnreachable, TargetTimeout))
+
+
+def _health_findings(health: Any) -> list[Finding]:
+    if _unreachable(health):
+        health = {"reachable": False, "status": None, "error": health.reason}
+    if not available(health):
+        return []
+    if not health.get("reachable", True):
+        return [_next("api-unreachable", "API not answering",
+                      f"Health check failed: {health.get('error')}.",
+                      "kubernetes/service-not-accessible",
+                      url=health.get("url"), error=health.get("error"))]
+
+    status = int(health["status"])
+    if status < 400:
+        return []
+    body = str(health.get("body") or "")
+    sign = _sign(body) if status >= 500 else None
+    if sign is not None:
+        runbook, label = sign
+    elif status >= 500:
+        runbook, label = "api/500-errors", "health endpoint failing"
+    else:  # 4xx: the request reached something that is not the API's /health
+        runbook, label = "kubernetes/service-not-accessible", "health not served"
+    return [_next("api-unhealthy", label,
+                  f"Health endpoint answered {status}"
+                  + (f" ({label})." if sign else "."), runbook,
+                  status=status, body=body[:160])]
+
+
+def _pod_findings(pods: Any) -> list[Finding]:
+    if not available(pods) or pods.empty:
+        return []
+    statuses = pods["status"].astype(str).str.removeprefix("Init:")
+    findings = []
+    for status, (runbook, label) in POD_SIGNS.items():
+        names = sorted(pods.loc[statuses == status, "pod"])
+        if names:
+            findings.append(_next(f"pods-{status.lower()}", label,
+                                  f"{len(names)} pod(s) {status}.", runbook,
+                                  pods=len(names), pod_names=names[:5]))
     return findings
 
 
-def _log_findings(lines: list[str]) -> list[Finding]:
+def _up_findings(up: Any, crashing: bool) -> list[Finding]:
+    if not available(up) or up.get("targets") is None:
+        return []
+    if not up["targets"]:
+        return [Finding("no-scrape-target", Severity.INFO,
+                        "Prometheus has no scrape target for the API's job: "
+                        "its metrics cannot tell whether the API is up.",
+                        dict(up), step="Check metrics")]
+    if not up["down"]:
+        return []
+    # Pods that crash explain failed scrapes; running pods that do not
+    # answer are the API not being reachable.
+    runbook = "api/pods-crashing" if crashing else "kubernetes/service-not-accessible"
+    return [_next("scrape-target-down", "API not scraped",
+                  f"{up['down']} of {up['targets']} API scrape target(s) down.",
+                  runbook, **up)]
+
+
+def _texts(log_lines: Any) -> list[str]:
+    """Return each error line as one text: message and error together."""
+    if hasattr(log_lines, "columns"):
+        return [f"{row.msg} {row.error if isinstance(row.error, str) else ''}"
+                for row in log_lines[["msg", "error"]].itertuples()]
+    return [str(line) for line in log_lines]
+
+
+def _sign(text: str) -> tuple[str, str] | None:
+    lowered = text.lower()
+    for marker, runbook, label in LOG_SIGNS:
+        if marker in lowered:
+            return runbook, label
+    return None
+
+
+def _log_findings(lines: Iterable[str]) -> list[Finding]:
     counts: dict[str, list[Any]] = {}
     for line in lines:
-        lowered = line.lower()
-        for marker, runbook, label in LOG_SIGNS:
-            if marker in lowered:
-                entry = counts.setdefault(runbook, [label, 0, line])
-                entry[1] += 1
+        sign = _sign(line)
+        if sign is not None:
+            runbook, label = sign
+            entry = counts.setdefault(runbook, [label, 0, line])
+            entry[1] += 1
     return [_next(f"log-{runbook.split('/')[-1]}", label,
-                  f"{n} log line(s): {label}.", runbook, log_lines=n,
-                  example=example[:200])
+                  f"{n} error line(s) in the API's logs: {label}.", runbook,
+                  log_lines=n, example=example[:200])
             for runbook, (label, n, example) in counts.items()]
+
+
+def _area(runbook: str) -> str:
+    """Return the part of the platform a runbook looks at."""
+    if runbook.startswith("kubernetes/") or runbook == "api/pods-crashing":
+        return "cluster"
+    return runbook.split("/")[0]
+
+
+def _escalation(findings: list[Finding], not_run: list[str]) -> Finding | None:
+    runbooks = next_runbooks(findings)
+    areas = sorted({_area(r) for r in runbooks})
+    if not_run:
+        why = f"triage step(s) could not run: {', '.join(not_run)}"
+    elif len(areas) >= UNRELATED_AREAS:
+        why = f"symptoms in {len(areas)} unrelated areas: {', '.join(areas)}"
+    else:
+        return None
+    return _next("escalate", why, f"Escalate: {why}.", ESCALATION,
+                 areas=areas, steps_not_run=not_run)
 
 
 def _next(cause: str, label: str, summary: str, runbook: str,
@@ -85,11 +220,102 @@ def _next(cause: str, label: str, summary: str, runbook: str,
                    step="Quick diagnostics")
 
 
-def next_runbooks(findings: list[Finding]) -> list[str]:
-    """Return the runbooks to open next, most findings first, no repeats."""
-    order: dict[str, int] = {}
+def next_runbooks(findings: Iterable[Finding]) -> list[str]:
+    """Return the runbooks to open next, no repeats, the escalation last.
+
+    The runbook with the most symptoms comes first; ties go in the order of
+    :data:`RUNBOOK_ORDER` (the cluster, the dependencies, then the API).
+    """
+    counts: dict[str, int] = {}
     for finding in findings:
         runbook = finding.evidence.get("open_next")
         if runbook:
-            order[runbook] = order.get(runbook, 0) + 1
-    return sorted(order, key=lambda r: -order[r])
+            counts[runbook] = counts.get(runbook, 0) + 1
+
+    def rank(runbook: str) -> tuple[int, int, int]:
+        place = RUNBOOK_ORDER.index(runbook) if runbook in RUNBOOK_ORDER \
+            else len(RUNBOOK_ORDER)
+        return (runbook == ESCALATION, -counts[runbook], place)
+
+    return sorted(counts, key=rank)
+
+
+def next_steps(findings: Iterable[Finding], environment: str) -> pd.DataFrame:
+    """Return the runbooks to open next: runbook, why, and how to run it."""
+    import pandas as pd
+
+    findings = list(findings)
+    rows = []
+    for runbook in next_runbooks(findings):
+        symptoms = [f.evidence["symptom"] for f in findings
+                    if f.evidence.get("open_next") == runbook]
+        rows.append({"runbook": runbook,
+                     "why": "; ".join(dict.fromkeys(symptoms)),
+                     "how to run it": f"paracle-nb run {runbook} "
+                                      f"-p environment {environment}"})
+    return pd.DataFrame(rows, columns=["runbook", "why", "how to run it"])
+
+
+def describe_health(health: Any) -> str:
+    """Return one sentence on the health check."""
+    if not available(health):
+        return "Health check could not run."
+    if not health.get("reachable", True):
+        return f"**The API did not answer**: {health.get('error')}."
+    verdict = "healthy" if health["status"] < 400 else "**unhealthy**"
+    return (f"Health endpoint answered {health['status']} in "
+            f"{health['latency_ms']:g} ms: {verdict}.")
+
+
+def describe_pods(pods: Any) -> str:
+    """Return one sentence on the namespace's pods."""
+    if not available(pods):
+        return "Pod status unavailable."
+    if pods.empty:
+        return "No pod in the namespace."
+    api = pods[pods["api"]] if "api" in pods.columns else pods
+    bad = pods[~pods["status"].isin(["Running", "Completed", "Succeeded"])]
+    statuses = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
+    return (f"{len(pods)} pod(s), {len(api)} of them the API's; "
+            + (f"not running: {statuses}." if statuses else "all running."))
+
+
+def describe_errors(counts: Any) -> str:
+    """Return one sentence on the error and warning lines of the API's logs."""
+    if not available(counts):
+        return "API logs unavailable."
+    if counts.empty:
+        return "No error or warning line in the API's recent logs."
+    return (f"{int(counts['lines'].sum())} error/warning line(s) in the API's "
+            f"recent logs, {len(counts)} kind(s); the most frequent: "
+            f"`{counts['msg'].iloc[0]}`.")
+
+
+def describe_up(up: Any) -> str:
+    """Return one sentence on the API's scrape targets."""
+    if not available(up):
+        return "Prometheus's `up` unavailable."
+    if not up["targets"]:
+        return "Prometheus has no scrape target for the API's job."
+    if up["down"]:
+        return (f"**{up['down']} of {up['targets']} scrape target(s) down**: "
+                f"{', '.join(up.get('down_instances') or [])}.")
+    return f"All {up['targets']} scrape target(s) of the API are up."
+
+
+def describe_p95(p95: Any, threshold_s: float = 1.0) -> str:
+    """Return one sentence on the API's current p95 latency."""
+    if not available(p95):
+        return "p95 latency unavailable."
+    if p95 != p95:
+        return "No request in the window: no p95 latency to read."
+    state = "**above**" if p95 > threshold_s else "below"
+    return f"p95 latency {p95 * 1000:.0f} ms, {state} the {threshold_s:g} s line."
+
+
+def describe_next(steps: Any) -> str:
+    """Return one sentence introducing the runbooks to open next."""
+    if not available(steps) or steps.empty:
+        return "Nothing needs a runbook: no problem found."
+    return (f"Open {len(steps)} runbook(s), in this order; "
+            f"first **{steps['runbook'].iloc[0]}**.")

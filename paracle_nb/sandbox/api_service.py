@@ -97,7 +97,9 @@ class ApiService:
                  redis_client: redis.Redis, providers: Mapping[str, str], *,
                  config: ApiConfig | None = None,
                  pods: Callable[[], list[str]] | None = None,
-                 log_sink: Callable[[str, str], None] | None = None) -> None:
+                 log_sink: Callable[[str, str], None] | None = None,
+                 settings: Callable[[], object] | None = None,
+                 api_keys: Callable[[str], str | None] | None = None) -> None:
         self.config = config or ApiConfig()
         self.providers = dict(providers)
         self.faults: set[str] = set()
@@ -108,6 +110,10 @@ class ApiService:
         self._pods = pods or (lambda: ["paracle-api"])
         self._sink = log_sink
         self._raise_hook: Callable[[], object] | None = None
+        # Reads and checks the API's settings (its ConfigMap) per request,
+        # and the provider key the API holds (its Secret); see live.py.
+        self._settings = settings
+        self._api_keys = api_keys
         self.in_flight = 0
         self._in_flight_lock = threading.Lock()
         self._workers = threading.BoundedSemaphore(self.config.workers)
@@ -143,10 +149,12 @@ class ApiService:
         return self._metrics.registry
 
     def start(self) -> Self:
-        """Listen on a free loopback port, serving in a daemon thread."""
+        """Listen on a free loopback port (the same one when started again)."""
         if self._httpd is not None:
             return self
-        self._httpd = _Server((self.host, 0), self)
+        # Started again after a stop, it keeps its port: Prometheus and the
+        # runbooks' api_url find it where it was, as a restarted pod.
+        self._httpd = _Server((self.host, self.port), self)
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -258,6 +266,8 @@ class ApiService:
 
     def _run(self, body: dict[str, Any], fields: dict[str, Any],
              lines: list[str]) -> tuple[int, dict[str, Any]]:
+        if self._settings is not None:
+            self._settings()
         agent = self._agent_of(body)
         provider = self._provider_of(agent)
         if self._raise_hook is not None:
@@ -340,8 +350,9 @@ class ApiService:
                                           timeout=timeout)
         payload = json.dumps({"model": "lab", "max_tokens": 256, "messages": [
             {"role": "user", "content": "Run the agent."}]})
+        key = self._api_keys(provider) if self._api_keys is not None else None
         headers = {"Content-Type": "application/json",
-                   "Authorization": f"Bearer {_LAB_KEY}"}
+                   "Authorization": f"Bearer {key or _LAB_KEY}"}
         try:
             conn.request("POST", _LLM_PATHS.get(provider, "/v1/complete"),
                          body=payload, headers=headers)

@@ -27,6 +27,7 @@ import yaml
 
 from paracle_nb.errors import SandboxError
 from paracle_nb.sandbox import db_incidents, incidents, redis_incidents, schema
+from paracle_nb.sandbox import error_incidents as errors
 from paracle_nb.sandbox import latency_incidents as latency
 from paracle_nb.sandbox.kubeapi import KubeAPIServer
 from paracle_nb.sandbox.live import LiveServices
@@ -291,4 +292,11 @@ INCIDENTS: dict[str, tuple[Callable[..., Any], Callable[[Lab, Any], None]]] = {
     "latency-llm-timeout": (latency.llm_timeout, latency.heal),
     "latency-slow-redis": (latency.slow_redis, latency.heal),
     "latency-concurrency": (latency.too_many_requests, latency.heal),
+    # 500 errors and LLM provider errors: real failures under paced load.
+    "errors-unhandled-exception": (errors.unhandled_exception, errors.heal),
+    "errors-missing-dependency": (errors.missing_dependency, errors.heal),
+    "errors-config-error": (errors.config_error, errors.heal),
+    "llm-rate-limited": (errors.llm_rate_limited, errors.heal),
+    "llm-invalid-key": (errors.llm_invalid_key, errors.heal),
+    "llm-outage": (errors.llm_outage, errors.heal),
 }

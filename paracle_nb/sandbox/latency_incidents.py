@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb import latency, prometheus
@@ -49,15 +50,22 @@ class LatencyIncident:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def slow_db(lab: Lab, *, window: str = WINDOW, concurrency: int = 24
+def slow_db(lab: Lab, *, window: str = WINDOW, concurrency: int | None = None
             ) -> LatencyIncident:
     """Each run also reads the agent's failed executions: a seq scan.
 
-    Twenty-four clients keep the database busy; the twelve workers each
-    wait on their statement, and the others wait for a worker.
+    The scans are CPU-bound, so the clients scale with the cores (twelve
+    per core, 24 to 96): the twelve workers each wait on their statement,
+    and the other requests wait for a worker.
     """
+    if concurrency is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count() or 2
+        concurrency = 12 * min(8, max(2, cores))
     _api(lab).set_fault("slow-db")
-    return _under_load(lab, "slow-database-queries", window, concurrency)
+    incident = _under_load(lab, "slow-database-queries", window, concurrency)
+    incident.details.update(concurrency=concurrency)
+    return incident
 
 
 def llm_timeout(lab: Lab, *, provider: str = "openai", window: str = WINDOW,
@@ -142,7 +150,7 @@ def _under_load(lab: Lab, cause: str, window: str, concurrency: int
     return incident
 
 
-def _settle(lab: Lab, window: str, good: Any) -> float:
+def _settle(lab: Lab, window: str, good: Callable[[float], bool]) -> float:
     """Wait until ``window`` holds only the load just started, and its p95
     satisfies ``good``; return that p95.
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import MissingServerBinary
 from paracle_nb.sandbox.api_service import ApiConfig, ApiService
+from paracle_nb.sandbox.app_code import ClusterSettings
 from paracle_nb.sandbox.llm_provider import FakeLLMProvider
 from paracle_nb.sandbox.load import Load
 from paracle_nb.sandbox.postgres import APP_ROLE
@@ -68,13 +69,17 @@ class LiveServices:
             provider.start()
         store = lab.kube.store
         self._pods.store, self._pods.namespace = store, namespace
+        # The stand-in's settings and provider keys come from the cluster.
+        self.cluster = ClusterSettings(store, namespace)
         self.api = ApiService(
             lambda: _api_session(lab),
             lab.redis.client(client_name="paracle-api"),
             {name: p.url for name, p in self.providers.items()},
             config=self.config, pods=self._pods,
             log_sink=lambda pod, text: store.append_logs(namespace, pod, "api",
-                                                         text)).start()
+                                                         text),
+            settings=self.cluster.check_settings,
+            api_keys=self.cluster.api_key).start()
         if self.want_prometheus:
             self._start_prometheus(f"{self.api.host}:{self.api.port}")
 

@@ -62,6 +62,8 @@ class FakeLLMProvider:
         self.retry_after = retry_after
         self.port = 0
         self.served: dict[int, int] = {}
+        # When set, only requests bearing this key are served; others get 401.
+        self.api_key: str | None = None
         self._mode = "ok"
         self.set_mode(mode)
         self._slots = threading.BoundedSemaphore(max_concurrent)
@@ -169,15 +171,42 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
+STATUS_PATH = "/api/v2/status.json"
+# mode -> (indicator, description), as a provider's status page words it.
+_STATUS = {"ok": ("none", "All Systems Operational"),
+           "slow": ("minor", "Elevated latency"),
+           "invalid-key": ("none", "All Systems Operational"),
+           "rate-limited": ("minor", "Elevated rate of 429 responses"),
+           "outage": ("major", "Partial outage of the API")}
+
+
+def status_page(provider: FakeLLMProvider) -> dict[str, Any]:
+    """Return the provider's status page body, in the usual status JSON."""
+    indicator, description = _STATUS[provider.mode]
+    return {"page": {"name": provider.name},
+            "status": {"indicator": indicator, "description": description}}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.split("?")[0] != STATUS_PATH:
+            self._send(404, {}, _error("not_found_error", "not found"))
+            return
+        self._send(200, {}, status_page(self.server.provider))
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         provider = self.server.provider
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(min(length, 1 << 20))
 
+        wanted = provider.api_key
+        if wanted is not None and \
+                self.headers.get("Authorization") != f"Bearer {wanted}":
+            self._send(401, {}, _error(*_ERRORS["invalid-key"][1:]))
+            return
         if not provider._slots.acquire(blocking=False):
             self._send(529, {}, _error("overloaded_error", "too many requests"))
             return
