@@ -20,7 +20,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -30,7 +29,7 @@ from paracle_nb.errors import MissingServerBinary, SandboxError
 from paracle_nb.sandbox import procs
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ def template_data_dir() -> Path:
         return data
 
 
-class PostgresServer:
+class PostgresServer(procs.LabServer):
     """A lab PostgreSQL server on 127.0.0.1 with Paracle's roles and database.
 
     >>> with PostgresServer(max_connections=20) as pg:  # doctest: +SKIP
@@ -163,18 +162,6 @@ class PostgresServer:
     def __repr__(self) -> str:
         state = f"port={self.port} pid={self.pid}" if self.pid else "stopped"
         return f"<PostgresServer {self.host} {state}>"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def data_dir(self) -> Path:

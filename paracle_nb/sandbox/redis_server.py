@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -22,7 +21,7 @@ from paracle_nb.redis import quiet_handshake
 from paracle_nb.sandbox import procs
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def redis_server_binary() -> Path:
     return found
 
 
-class RedisServer:
+class RedisServer(procs.LabServer):
     """A lab Redis server on 127.0.0.1 with a password and a memory limit.
 
     >>> with RedisServer(maxmemory="16mb") as rs:  # doctest: +SKIP
@@ -74,18 +73,6 @@ class RedisServer:
     def __repr__(self) -> str:
         state = f"port={self.port} pid={self.pid}" if self._proc else "stopped"
         return f"<RedisServer {self.host} {state}>"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int:

@@ -12,12 +12,12 @@ import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from paracle_nb.errors import SandboxError
+from paracle_nb.sandbox import procs
 
 from .handler import KubeAPIHandler
 from .operations import Request, verb_of
@@ -71,7 +71,7 @@ class _HTTPServer(ThreadingHTTPServer):
         super().__init__(address, KubeAPIHandler)
 
 
-class KubeAPIServer:
+class KubeAPIServer(procs.LabServer):
     """A Kubernetes API server on loopback, serving a scenario's cluster state.
 
     The official Python client and ``kubectl`` both work against it::
@@ -159,17 +159,6 @@ class KubeAPIServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
         log.info("kubeapi: stopped (port %s)", self.port)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- state -------------------------------------------------------------
 
