@@ -142,7 +142,7 @@ def _checked(key: str, value: Any, declared: Any) -> Any:
             f" (default {default!r}), got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ParameterError(f"parameter {key!r} must not be negative, got {value}")
-    if key.endswith(DURATION_SUFFIXES) and isinstance(value, str):
+    if key.endswith(DURATION_SUFFIXES) and isinstance(value, str) and value.strip():
         # A bare number is ambiguous at 3 a.m.: seconds or minutes?
         if value.strip().replace(".", "", 1).isdigit():
             raise ParameterError(
