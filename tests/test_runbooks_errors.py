@@ -62,7 +62,7 @@ def _only(result, cause):
         result.verdict.to_dict()
     rate = result.verdict.finding("high-error-rate").evidence
     assert rate["ratio"] > rate["threshold"] == 0.01
-    assert rate["errors_per_s"] > 0 and rate["window"] == WINDOW
+    assert rate["errors_per_second"] > 0 and rate["window"] == WINDOW
     return result.verdict.finding(cause).evidence
 
 

@@ -23,7 +23,7 @@ def diagnose_errors(error_rate: Any, groups: Any, config: Any, *,
         findings.append(Finding(
             "high-error-rate", Severity.CRITICAL,
             f"{error_rate['ratio']:.1%} of requests answer 5xx "
-            f"({error_rate['errors_per_s']:.2f}/s).",
+            f"({error_rate['errors_per_second']:.2f}/s).",
             {**error_rate, "threshold": max_error_rate}, step="Check error rate"))
     if not available(groups) or groups.empty:
         return findings
@@ -114,12 +114,12 @@ def describe_groups(groups: Any) -> str:
             f"({int(top['count'])}x).")
 
 
-def error_ratio(errors_per_s: float | None, requests_per_s: float | None
-                ) -> dict[str, Any]:
+def error_ratio(errors_per_second: float | None,
+                requests_per_second: float | None) -> dict[str, Any]:
     """Return the 5xx rate and its share of all requests."""
-    ratio = (errors_per_s / requests_per_s) if errors_per_s is not None and \
-        requests_per_s else None
-    return {"errors_per_s": errors_per_s or 0.0, "requests_per_s": requests_per_s,
+    errors, requests = errors_per_second, requests_per_second
+    ratio = errors / requests if errors is not None and requests else None
+    return {"errors_per_second": errors or 0.0, "requests_per_second": requests,
             "ratio": ratio}
 
 
@@ -133,8 +133,8 @@ def describe_error_rate(error_rate: Any, max_error_rate: float = 0.01) -> str:
         return (f"No requests in the last {error_rate.get('window', 'window')}: "
                 "no error rate to compute.")
     verdict = "above" if ratio > max_error_rate else "within"
-    return (f"{ratio:.1%} of requests answer 5xx ({error_rate['errors_per_s']:.2f}"
-            f" of {error_rate['requests_per_s']:.2f} requests/s), {verdict} the "
+    return (f"{ratio:.1%} of requests answer 5xx ({error_rate['errors_per_second']:.2f}"
+            f" of {error_rate['requests_per_second']:.2f} requests/s), {verdict} the "
             f"{max_error_rate:.0%} threshold.")
 
 

@@ -194,8 +194,8 @@ def healthy_traffic(lab: Lab, *, window: str = WINDOW, concurrency: int = 2
     load = _load(lab, concurrency).start()
     try:
         if lab.live.prometheus is not None:
-            _settle(lab, window, lambda rate: rate["requests_per_s"] is not None
-                    and rate["requests_per_s"] > 0 and rate["errors_per_s"] == 0)
+            _settle(lab, window, lambda rate: (rate["requests_per_second"] or 0) > 0
+                    and rate["errors_per_second"] == 0)
         else:
             time.sleep(2.0)
         yield load
