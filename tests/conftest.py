@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from paracle_nb.errors import MissingServerBinary
+from paracle_nb.sandbox.lab import Lab
 from paracle_nb.sandbox.postgres import PostgresServer
 from paracle_nb.sandbox.redis_server import RedisServer
 
@@ -45,3 +47,26 @@ def _skip_unless_ci(exc: MissingServerBinary) -> None:
     if os.environ.get("CI"):
         raise exc
     pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """The whole lab, healthy, one per test module."""
+    with Lab() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def live_lab(lab: Lab) -> Lab:
+    """The lab, for tests that need Prometheus scraping the API stand-in."""
+    if lab.live.prometheus is None:
+        if os.environ.get("CI"):
+            pytest.fail(lab.live.prometheus_missing)
+        pytest.skip(lab.live.prometheus_missing)
+    return lab
+
+
+@pytest.fixture()
+def artifacts(tmp_path: Path) -> Path:
+    """Where a test's runbook runs write their artifact folders."""
+    return tmp_path / "artifacts"

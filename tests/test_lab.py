@@ -11,15 +11,8 @@ import pytest
 import yaml
 
 from paracle_nb.sandbox import procs
-from paracle_nb.sandbox.lab import Lab
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
 
 
 def _kubectl(lab, tmp_path, *args):

@@ -24,7 +24,6 @@ from paracle_nb.errors import (
 from paracle_nb.prometheus import QueryRejected
 from paracle_nb.sandbox import latency_incidents, procs
 from paracle_nb.sandbox.api_service import ApiConfig, ApiService
-from paracle_nb.sandbox.lab import Lab
 from paracle_nb.sandbox.load import Load, run_load
 from paracle_nb.sandbox.metric_history import ApiMetricHistory
 from paracle_nb.sandbox.postgres import APP_ROLE
@@ -34,12 +33,6 @@ from paracle_nb.target import Target
 pytestmark = pytest.mark.servers
 
 WINDOW = "8s"
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
 
 
 @pytest.fixture(scope="module")

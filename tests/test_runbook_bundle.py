@@ -6,18 +6,11 @@ import zipfile
 import pytest
 
 from paracle_nb import run
-from paracle_nb.sandbox.lab import Lab
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 
 PLANTED_KEY = "sk-lab-planted0123456789abcdef"
 PLANTED_DSN_PASSWORD = "planted-db-pass-77"
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
 
 
 def test_bundle_gathers_logs_state_and_verdicts_without_secrets(lab, tmp_path):

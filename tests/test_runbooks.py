@@ -10,24 +10,12 @@ import pytest
 import yaml
 
 from paracle_nb import run
-from paracle_nb.sandbox.lab import Lab
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 
 MI = 2**20
 RUNBOOKS = ["api/pods-crashing", "database/connection-pool-exhausted",
             "redis/out-of-memory"]
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
-
-
-@pytest.fixture()
-def artifacts(tmp_path):
-    return tmp_path / "artifacts"
 
 
 def _run(lab, name, artifacts, **overrides):

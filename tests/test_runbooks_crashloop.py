@@ -12,7 +12,7 @@ import json
 import pytest
 
 from paracle_nb import kube_config, run
-from paracle_nb.sandbox.lab import NAMESPACE, Lab
+from paracle_nb.sandbox.lab import NAMESPACE
 from paracle_nb.secrets import fingerprint
 from paracle_nb.target import Target
 
@@ -21,17 +21,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 RUNBOOK = "api/pods-crashing"
 CAUSES = {"oom-killed", "database-connection-failure", "missing-env-var",
           "image-pull-error", "crashloop"}
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
-
-
-@pytest.fixture()
-def artifacts(tmp_path):
-    return tmp_path / "artifacts"
 
 
 def _database_url(lab):

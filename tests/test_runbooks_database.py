@@ -12,7 +12,6 @@ import pytest
 from paracle_nb import postgres, postgres_queries, run
 from paracle_nb.errors import ParacleError
 from paracle_nb.sandbox import db_incidents, schema
-from paracle_nb.sandbox.lab import Lab
 from paracle_nb.target import Target
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
@@ -20,17 +19,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 RUNBOOK = "database/slow-queries"
 CAUSES = {"missing-index", "lock-contention", "long-running-query",
           "slow-statements"}
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
-
-
-@pytest.fixture()
-def artifacts(tmp_path):
-    return tmp_path / "artifacts"
 
 
 def _run(lab, artifacts, **overrides):

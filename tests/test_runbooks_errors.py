@@ -7,13 +7,12 @@ settings refuse), logs each failure with its Python traceback and answers
 """
 
 import json
-import os
 
 import pytest
 
 from paracle_nb import run
 from paracle_nb.sandbox import error_incidents
-from paracle_nb.sandbox.lab import NAMESPACE, Lab
+from paracle_nb.sandbox.lab import NAMESPACE
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 
@@ -25,13 +24,8 @@ CAUSES = {"unhandled-exception", "missing-dependency", "configuration-error",
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        if lab.live.prometheus is None:
-            if os.environ.get("CI"):
-                pytest.fail(lab.live.prometheus_missing)
-            pytest.skip(lab.live.prometheus_missing)
-        yield lab
+def lab(live_lab):
+    return live_lab
 
 
 def _run(lab, tmp_path):

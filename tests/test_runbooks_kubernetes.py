@@ -11,19 +11,12 @@ import json
 import pytest
 
 from paracle_nb import run
-from paracle_nb.sandbox.lab import Lab
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 
 SCHEDULING = "kubernetes/pods-not-scheduling"
 SERVICE = "kubernetes/service-not-accessible"
 MI = 2**20
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
 
 
 def _run(lab, name, tmp_path):

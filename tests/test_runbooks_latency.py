@@ -8,14 +8,12 @@ while the runbook looks, as traffic would during an incident.
 
 import json
 import math
-import os
 import re
 
 import pytest
 
 from paracle_nb import run
 from paracle_nb.sandbox import latency_incidents
-from paracle_nb.sandbox.lab import Lab
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 
@@ -30,14 +28,8 @@ CAUSES = {"slow-database-queries", "llm-provider-timeout", "slow-redis",
 
 
 @pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        if lab.live.prometheus is None:
-            # As conftest does for the other servers: skip here, fail in CI.
-            if os.environ.get("CI"):
-                pytest.fail(lab.live.prometheus_missing)
-            pytest.skip(lab.live.prometheus_missing)
-        yield lab
+def lab(live_lab):
+    return live_lab
 
 
 def _run(lab, tmp_path):

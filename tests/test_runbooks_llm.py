@@ -12,7 +12,7 @@ import pytest
 
 from paracle_nb import run
 from paracle_nb.sandbox import error_incidents
-from paracle_nb.sandbox.lab import NAMESPACE, Lab
+from paracle_nb.sandbox.lab import NAMESPACE
 from paracle_nb.sandbox.llm_provider import STATUS_PATH
 from paracle_nb.secrets import fingerprint
 
@@ -21,12 +21,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 RUNBOOK = "llm/provider-errors"
 OVERRIDES = {"log_lines": 300, "status_timeout": 2.0}
 CAUSES = {"llm-rate-limited", "llm-invalid-key", "llm-provider-outage"}
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
 
 
 def _run(lab, tmp_path, **overrides):

@@ -10,23 +10,11 @@ import pytest
 
 from paracle_nb import run
 from paracle_nb.sandbox import redis_incidents
-from paracle_nb.sandbox.lab import Lab
 
 pytestmark = [pytest.mark.servers, pytest.mark.notebook]
 
 RUNBOOK = "redis/connection-timeout"
 CAUSES = {"redis-max-clients", "redis-idle-connections", "redis-slow"}
-
-
-@pytest.fixture(scope="module")
-def lab():
-    with Lab() as lab:
-        yield lab
-
-
-@pytest.fixture()
-def artifacts(tmp_path):
-    return tmp_path / "artifacts"
 
 
 def _run(lab, artifacts, **overrides):

@@ -30,7 +30,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -83,7 +82,7 @@ class ApiConfig:
     max_in_flight: int = 512  # beyond this, requests are refused at once
 
 
-class ApiService:
+class ApiService(procs.LabServer):
     """The API stand-in on 127.0.0.1; start, fault switches, stop.
 
     ``connect_db`` opens one Postgres session as the API's role;
@@ -126,13 +125,6 @@ class ApiService:
     def __repr__(self) -> str:
         state = f"port={self.port}" if self._httpd else "stopped"
         return f"<ApiService {state} faults={sorted(self.faults)}>"
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     # -- life cycle --------------------------------------------------------
 

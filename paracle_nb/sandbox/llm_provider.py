@@ -23,7 +23,6 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import SandboxError
@@ -44,7 +43,7 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
-class FakeLLMProvider:
+class FakeLLMProvider(procs.LabServer):
     """An LLM provider's HTTP API on 127.0.0.1, answering as its mode says.
 
     >>> with FakeLLMProvider("openai") as provider:  # doctest: +SKIP
@@ -76,13 +75,6 @@ class FakeLLMProvider:
     def __repr__(self) -> str:
         state = f"port={self.port} mode={self._mode}" if self._httpd else "stopped"
         return f"<FakeLLMProvider {self.name} {state}>"
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

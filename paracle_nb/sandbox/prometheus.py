@@ -22,7 +22,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import yaml
@@ -70,7 +69,7 @@ def build_blocks(openmetrics: str, data_dir: Path) -> Path:
     return data_dir
 
 
-class PrometheusServer:
+class PrometheusServer(procs.LabServer):
     """Prometheus on 127.0.0.1, scraping the given jobs every ``scrape_interval``.
 
     >>> with PrometheusServer({"paracle-api": ["127.0.0.1:8123"]}) as prom:
@@ -96,13 +95,6 @@ class PrometheusServer:
     def __repr__(self) -> str:
         state = f"port={self.port} pid={self.pid}" if self._proc else "stopped"
         return f"<PrometheusServer {self.host} {state}>"
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int:
