@@ -27,14 +27,23 @@ log = logging.getLogger(__name__)
 _ERROR_TEXT = re.compile(r"error|exception", re.IGNORECASE)
 
 
+def _promql_window(window: str) -> str:
+    """Return a window as PromQL writes it ('5min' -> '5m')."""
+    from paracle_nb.units import parse_duration
+
+    return prometheus.duration(parse_duration(window))
+
+
 def error_rate_query(window: str, job: str = "paracle-api") -> str:
     """Return the guide's 5xx rate query, summed over handlers and pods."""
+    window = _promql_window(window)
     return (f'sum(rate(http_requests_total{{job="{job}", status=~"5.."}}'
             f"[{window}]))")
 
 
 def request_rate_query(window: str, job: str = "paracle-api") -> str:
     """Return the rate of every request the API answered."""
+    window = _promql_window(window)
     return f'sum(rate(http_requests_total{{job="{job}"}}[{window}]))'
 
 
@@ -67,7 +76,8 @@ def error_rate_over_time(target: Target, window: str = "5m",
     step = max(1.0, parse_duration(span) / 240)
     promql = (f"({error_rate_query(window, job)} or vector(0)) / "
               f"{request_rate_query(window, job)}")
-    frame = prometheus.query_range(target, promql, start, end, f"{step:g}s")
+    frame = prometheus.query_range(target, promql, start, end,
+                                   f"{max(1, round(step * 1000))}ms")
     frame["series"] = "5xx share"
     return frame[["series", "time", "value"]]
 

@@ -79,7 +79,8 @@ def _get(target: Target, endpoint: str, fields: dict[str, str], promql: str
                              target="prometheus")
     url = f"{target.prometheus_url.rstrip('/')}/api/v1/{endpoint}"
     timeout = target.timeout_seconds
-    fields = {**fields, "timeout": f"{timeout:g}s"}
+    # Prometheus durations take whole units: 2.5 s is sent as 2500ms.
+    fields = {**fields, "timeout": f"{max(1, round(timeout * 1000))}ms"}
     http = urllib3.PoolManager(retries=False,
                                timeout=urllib3.Timeout(total=timeout))
     log.debug("prometheus %s: %s", endpoint, promql)

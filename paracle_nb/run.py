@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Parameters every runbook takes to find its target.
 TARGET_PARAMETERS = ("environment", "parameters_file")
-DURATION_SUFFIXES = ("_older_than", "_window", "since")
+DURATION_SUFFIXES = ("_older_than", "window", "since")
 
 
 @dataclasses.dataclass

@@ -50,8 +50,16 @@ def test_other_exceptions_are_unhandled_and_rate_is_reported():
     findings = diagnose_errors(rate, _groups(
         ("KeyError", "/app/paracle/executor.py:142 in run", 30, "'max_tokens'")),
         CONFIG)
-    assert [f.cause for f in findings] == ["high-error-rate", "unhandled-exception"]
-    assert findings[0].evidence["ratio"] == 0.2
+    assert [f.cause for f in findings] == ["unhandled-exception", "high-error-rate"]
+    rate_finding = findings[1]
+    assert rate_finding.evidence["ratio"] == 0.2
+    assert rate_finding.severity.value == "warning"
+    assert rate_finding.evidence["explained_by"] == ["unhandled-exception"]
+
+
+def test_unexplained_error_rate_is_critical():
+    [finding] = diagnose_errors(error_ratio(2.0, 10.0), _groups(), CONFIG)
+    assert finding.cause == "high-error-rate" and finding.severity.value == "critical"
 
 
 def test_no_errors_no_findings():

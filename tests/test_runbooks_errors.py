@@ -52,10 +52,11 @@ def _assert_artifact(result, lab):
 
 
 def _only(result, cause):
-    assert result.verdict.causes == ["high-error-rate", cause], \
+    assert result.verdict.causes == [cause, "high-error-rate"], \
         result.verdict.to_dict()
     rate = result.verdict.finding("high-error-rate").evidence
     assert rate["ratio"] > rate["threshold"] == 0.01
+    assert rate["explained_by"] == [cause]
     assert rate["errors_per_second"] > 0 and rate["window"] == WINDOW
     return result.verdict.finding(cause).evidence
 

@@ -18,20 +18,24 @@ def diagnose_errors(error_rate: Any, groups: Any, config: Any, *,
                     max_error_rate: float = 0.01) -> list[Finding]:
     """Return findings: error rate, then the cause of the commonest traceback."""
     findings = []
+    if available(groups) and not groups.empty:
+        for row in groups.itertuples():
+            finding = _classify(row, config)
+            if finding is not None:
+                findings.append(finding)
+
     if available(error_rate) and error_rate.get("ratio") is not None and \
             error_rate["ratio"] > max_error_rate:
+        # The symptom comes after its causes, as on-call already knows it.
+        causes = sorted({f.cause for f in findings})
+        summary = (f"{error_rate['ratio']:.1%} of requests answer 5xx "
+                   f"({error_rate['errors_per_second']:.2f}/s)")
+        summary += f"; see {', '.join(causes)}." if causes else \
+            ": no traceback in the logs explains it."
         findings.append(Finding(
-            "high-error-rate", Severity.CRITICAL,
-            f"{error_rate['ratio']:.1%} of requests answer 5xx "
-            f"({error_rate['errors_per_second']:.2f}/s).",
-            {**error_rate, "threshold": max_error_rate}, step="Check error rate"))
-    if not available(groups) or groups.empty:
-        return findings
-
-    for row in groups.itertuples():
-        finding = _classify(row, config)
-        if finding is not None:
-            findings.append(finding)
+            "high-error-rate", Severity.WARNING if causes else Severity.CRITICAL,
+            summary, {**error_rate, "threshold": max_error_rate,
+                      "explained_by": causes}, step="Check error rate"))
     return findings
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 
 from paracle_nb.errors import SandboxError
+from paracle_nb.sandbox import procs
 
 STATE_FILE = pathlib.Path(".sandbox") / "state.json"
 
@@ -75,11 +76,7 @@ def _running_lab() -> int | None:
         pid = int(json.loads(STATE_FILE.read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if procs.pid_alive(pid) else None
 
 
 def _down(wait_s: float = 60.0) -> int:
@@ -92,9 +89,9 @@ def _down(wait_s: float = 60.0) -> int:
         raise SandboxError("no running lab found (no .sandbox/state.json here)")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and _running_lab() == pid:
+    while time.monotonic() < deadline and procs.pid_alive(pid):
         time.sleep(0.2)
-    if _running_lab() == pid:
+    if procs.pid_alive(pid):
         raise SandboxError(f"the lab (pid {pid}) did not stop within {wait_s:g}s")
     print(f"Lab (pid {pid}) stopped.")
     return 0

@@ -289,14 +289,17 @@ def heal(pg: PostgresServer, incident: Any) -> None:
 # Lab incidents: (put the lab into it, take the lab out of it).
 
 def start_slow_queries(lab: Any, **options: Any) -> Sessions:
+    """API sessions run an unindexed lookup of executions over and over."""
     return slow_queries(lab.postgres, **options)
 
 
 def start_lock_contention(lab: Any, **options: Any) -> LockContention:
+    """An idle-in-transaction session holds a row lock others wait on."""
     return lock_contention(lab.postgres, **options)
 
 
 def start_long_running_query(lab: Any, **options: Any) -> LongRunningQuery:
+    """One API session runs a statement for minutes."""
     return long_running_query(lab.postgres, **options)
 
 

@@ -223,10 +223,13 @@ def _scenario(name: str) -> Callable[[Lab], str]:
 def _scenario_summary(name: str) -> str:
     """Return the first comment line of a scenario file."""
     path = pathlib.Path(__file__).parent / "scenarios" / f"{name}.yaml"
+    words: list[str] = []
     for line in path.read_text().splitlines():
-        if line.startswith("# ") and line[2:].strip():
-            return line[2:].strip()
-    return ""
+        if not line.startswith("#") or (words and not line[1:].strip()):
+            break
+        words.extend(line[1:].split())
+    text = " ".join(words)
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
 
 
 def _pool(lab: Lab, *, fill_reserved: bool = False) -> incidents.HeldSessions:

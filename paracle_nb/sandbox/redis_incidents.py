@@ -262,10 +262,12 @@ def start_max_clients_full(lab: Any, **options: Any) -> HeldClients:
 
 
 def start_idle_connections(lab: Any, **options: Any) -> HeldClients:
+    """Thirty clients sit idle and, with timeout 0, are never closed."""
     return idle_clients(lab.redis, **options)
 
 
 def start_slow(lab: Any, **options: Any) -> SlowRedis:
+    """Redis is held busy by DEBUG SLEEP: every client waits."""
     return slow_redis(lab.redis, **options)
 
 
