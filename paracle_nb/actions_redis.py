@@ -27,6 +27,8 @@ pool = ConnectionPool(host="redis", port=6379, max_connections={size})
 redis_client = redis.Redis(connection_pool=pool)"""
 
 
+# Known shortcoming: the default target (the guide's 10000) ignores how far
+# over the limit the clients are; a leak needs pooling, not more slots.
 def plan_maxclients(limits: Any, new_maxclients: int = 10_000) -> Plan:
     """Plan raising ``maxclients`` with CONFIG SET."""
     before = limits["maxclients"] if available(limits) else None

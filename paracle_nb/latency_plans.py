@@ -69,6 +69,9 @@ def _with_table_rows(target: Target, finding: Any) -> Any:
     return dataclasses.replace(finding, evidence=evidence)
 
 
+# Known shortcoming: the plan's "before" reads the deployment's env only, so
+# an LLM_TIMEOUT set in the ConfigMap shows as unset, and the env value the
+# plan sets would silently override it.
 def llm_env_changes(verdict: Any, new_timeout: str, fallback: str
                     ) -> dict[str, str | None]:
     """Return the guide's LLM env change: a longer timeout, another provider.

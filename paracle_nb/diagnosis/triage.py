@@ -59,6 +59,9 @@ RUNBOOK_ORDER = [
 UNRELATED_AREAS = 3
 
 
+# Known shortcoming: triage looks at the API from outside (health, pods, logs,
+# Prometheus) and probes neither Postgres nor Redis, nor the 5xx rate: a
+# Redis at maxclients behind a /health that still answers 200 goes unseen.
 def diagnose_triage(health: Any, pods: Any, log_lines: Any, up: Any, p95: Any,
                     *, latency_threshold_s: float = 1.0) -> list[Finding]:
     """Return one finding per symptom, each naming the runbook to open next.
