@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 from paracle_nb import api_errors
 from paracle_nb.errors import SandboxError
 from paracle_nb.sandbox import app_code
+from paracle_nb.sandbox.live import settle
 from paracle_nb.sandbox.load import Load
 from paracle_nb.secrets import fingerprint
 from paracle_nb.target import Target
 
 if TYPE_CHECKING:
-    from paracle_nb.sandbox.api_service import ApiService
     from paracle_nb.sandbox.lab import Lab
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def unhandled_exception(lab: Lab, *, window: str = WINDOW) -> ErrorIncident:
     """Every third agent run fails: its settings lack ``max_tokens`` (KeyError)."""
     runner = app_code.module("paracle.agents.runner")
     runs = itertools.count(1)
-    _api(lab).raise_in_requests(lambda: runner.run_agent(next(runs)))
+    lab.live.require_api().raise_in_requests(lambda: runner.run_agent(next(runs)))
     incident = _under_load(lab, "unhandled-exception", window)
     incident.details.update(
         exception="KeyError", message="'max_tokens'",
@@ -95,7 +95,7 @@ def missing_dependency(lab: Lab, *, window: str = WINDOW) -> ErrorIncident:
     providers = app_code.module("paracle.llm.providers")
     calls = itertools.count(1)
     # Every fourth agent is pinned to Anthropic (as the stand-in routes them).
-    _api(lab).raise_in_requests(lambda: providers.client_for(
+    lab.live.require_api().raise_in_requests(lambda: providers.client_for(
         "anthropic" if next(calls) % 4 == 0 else "openai"))
     incident = _under_load(lab, "missing-dependency", window)
     incident.details.update(
@@ -204,7 +204,7 @@ def healthy_traffic(lab: Lab, *, window: str = WINDOW, concurrency: int = 2
 
 
 def _load(lab: Lab, concurrency: int = CONCURRENCY) -> PacedLoad:
-    url = _api(lab).url
+    url = lab.live.require_api().url
     return PacedLoad(url, requests=REQUESTS, concurrency=concurrency,
                      seconds=LOAD_SECONDS, timeout=10.0)
 
@@ -237,18 +237,6 @@ def _settle(lab: Lab, window: str, good: Callable[[dict[str, Any]], bool]
     """Wait until the 5xx rate over ``window`` satisfies ``good``; return it."""
     assert lab.live.prometheus is not None
     target = Target(prometheus_url=lab.live.prometheus.url, timeout_seconds=2.0)
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while True:
-        rate = api_errors.error_rate(target, window)
-        if good(rate):
-            return rate
-        if time.monotonic() > deadline:
-            raise SandboxError(f"the 5xx rate over {window} did not settle in "
-                               f"{SETTLE_TIMEOUT:g}s (last: {rate})")
-        time.sleep(0.5)
+    return settle(lambda: api_errors.error_rate(target, window), good,
+                  f"the 5xx rate over {window}", SETTLE_TIMEOUT)
 
-
-def _api(lab: Lab) -> ApiService:
-    if lab.live.api is None:
-        raise SandboxError("the lab's API stand-in is not running")
-    return lab.live.api

@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb import latency, prometheus
-from paracle_nb.errors import SandboxError
+from paracle_nb.sandbox.live import settle
 from paracle_nb.sandbox.load import Load
 from paracle_nb.target import Target
 from paracle_nb.units import parse_duration
 
 if TYPE_CHECKING:
-    from paracle_nb.sandbox.api_service import ApiService
     from paracle_nb.sandbox.lab import Lab
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def slow_db(lab: Lab, *, window: str = WINDOW, concurrency: int | None = None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 2
         concurrency = 12 * min(8, max(2, cores))
-    _api(lab).set_fault("slow-db")
+    lab.live.require_api().set_fault("slow-db")
     incident = _under_load(lab, "slow-database-queries", window, concurrency)
     incident.details.update(concurrency=concurrency)
     return incident
@@ -71,11 +70,11 @@ def slow_db(lab: Lab, *, window: str = WINDOW, concurrency: int | None = None
 def llm_timeout(lab: Lab, *, provider: str = "openai", window: str = WINDOW,
                 concurrency: int = 8) -> LatencyIncident:
     """The default provider answers after longer than the API's LLM_TIMEOUT."""
-    slow_seconds = _api(lab).config.llm_timeout * 4
+    slow_seconds = lab.live.require_api().config.llm_timeout * 4
     lab.live.providers[provider].set_mode("slow", slow_seconds=slow_seconds)
     incident = _under_load(lab, "llm-provider-timeout", window, concurrency)
     incident.details.update(provider=provider, slow_seconds=slow_seconds,
-                            llm_timeout_s=_api(lab).config.llm_timeout)
+                            llm_timeout_s=lab.live.require_api().config.llm_timeout)
     return incident
 
 
@@ -97,7 +96,7 @@ def too_many_requests(lab: Lab, *, window: str = WINDOW, concurrency: int = 100
     """A hundred clients at once against twelve workers; every part healthy."""
     incident = _under_load(lab, "too-many-concurrent-requests", window,
                            concurrency)
-    incident.details.update(workers=_api(lab).config.workers)
+    incident.details.update(workers=lab.live.require_api().config.workers)
     return incident
 
 
@@ -161,18 +160,8 @@ def _settle(lab: Lab, window: str, good: Callable[[float], bool]) -> float:
     target = Target(prometheus_url=lab.live.prometheus.url, timeout_seconds=2.0)
     query = latency.quantile_query(window)
     fresh = time.monotonic() + parse_duration(window)
-    deadline = fresh + SETTLE_TIMEOUT
-    while True:
-        p95 = prometheus.value(target, query)
-        if time.monotonic() >= fresh and p95 == p95 and good(p95):
-            return round(p95, 3)
-        if time.monotonic() > deadline:
-            raise SandboxError(f"p95 over {window} did not settle in "
-                               f"{SETTLE_TIMEOUT:g}s (last: {p95})")
-        time.sleep(0.5)
+    p95 = settle(lambda: prometheus.value(target, query),
+                 lambda value: value == value and good(value),
+                 f"p95 over {window}", SETTLE_TIMEOUT, not_before=fresh)
+    return round(p95, 3)
 
-
-def _api(lab: Lab) -> ApiService:
-    if lab.live.api is None:
-        raise SandboxError("the lab's API stand-in is not running")
-    return lab.live.api

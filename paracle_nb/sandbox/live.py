@@ -12,16 +12,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from paracle_nb.errors import MissingServerBinary
+from paracle_nb.errors import MissingServerBinary, SandboxError
 from paracle_nb.sandbox.api_service import ApiConfig, ApiService
 from paracle_nb.sandbox.app_code import ClusterSettings
 from paracle_nb.sandbox.llm_provider import FakeLLMProvider
 from paracle_nb.sandbox.load import Load
 from paracle_nb.sandbox.postgres import APP_ROLE
 from paracle_nb.sandbox.prometheus import PrometheusServer
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import psycopg
@@ -102,6 +104,12 @@ class LiveServices:
                 log.warning("could not stop %r: %s", part, exc)
         self.api = self.prometheus = None
 
+    def require_api(self) -> ApiService:
+        """Return the running API stand-in, or say that it is not running."""
+        if self.api is None:
+            raise SandboxError("the lab's API stand-in is not running")
+        return self.api
+
     def heal(self) -> None:
         """Every provider answering, no API fault."""
         for provider in self.providers.values():
@@ -155,3 +163,21 @@ class _PodNames:
                     if pod["metadata"].get("labels", {}).get(key) == value]
                 self._read = time.monotonic()
             return list(self._names)
+
+
+def settle(read: Callable[[], T], good: Callable[[T], bool], what: str,
+           timeout: float, *, not_before: float = 0.0) -> T:
+    """Poll ``read`` until its value is ``good`` (and ``not_before`` passed).
+
+    Raises SandboxError naming ``what`` and the last value after ``timeout``
+    seconds past ``not_before`` (or now).
+    """
+    deadline = max(time.monotonic(), not_before) + timeout
+    while True:
+        value = read()
+        if time.monotonic() >= not_before and good(value):
+            return value
+        if time.monotonic() > deadline:
+            raise SandboxError(f"{what} did not settle in {timeout:g}s "
+                               f"(last: {value})")
+        time.sleep(0.5)
