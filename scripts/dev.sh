@@ -24,6 +24,7 @@ install_debian_packages() {
   have prometheus || wanted+=(prometheus)
   [ -x /usr/sbin/pgbouncer ] || have pgbouncer || wanted+=(pgbouncer)
   have kubectl || wanted+=(kubernetes-client)
+  have chromium || wanted+=(chromium)
   have python3 || wanted+=(python3)
   python3 -c 'import venv, ensurepip' 2>/dev/null || wanted+=(python3-venv)
   [ ${#wanted[@]} -eq 0 ] && return 0
