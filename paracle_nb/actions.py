@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import re
 import shlex
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb import kube
@@ -19,26 +20,76 @@ from paracle_nb.units import parse_quantity
 if TYPE_CHECKING:
     import pandas as pd
 
+    from paracle_nb.remediate import Applied, Executor, Verifier
+
 
 class Plan:
-    """A described change: the rows it touches, the command, and caveats."""
+    """A described change: the rows it touches, the command, and caveats.
+
+    A plan that can be applied from the runbook also carries an executor
+    (what to do), a verifier (how to check it worked) and a replan
+    function (re-read the target to see whether the plan still holds).
+    Its :attr:`id` is a digest of the target, the kind of action and the
+    identifying columns of its rows: the same change gives the same id in
+    another run, a different change a different id.
+    """
 
     def __init__(self, title: str, changes: pd.DataFrame, command: str,
-                 notes: list[str] | None = None) -> None:
+                 notes: list[str] | None = None, *, kind: str = "manual",
+                 target: Target | None = None,
+                 executor: Executor | None = None,
+                 verifier: Verifier | None = None,
+                 replan: Callable[[], Plan] | None = None,
+                 key_columns: list[str] | None = None,
+                 needs: str = "", second_confirmation: str | None = None) -> None:
         self.title = title
         self.changes = changes
         self.command = command
         self.notes = notes or []
+        self.kind = kind
+        self.target = target
+        self.executor = executor
+        self.verifier = verifier
+        self.replan = replan
+        self.key_columns = key_columns
+        self.needs = needs
+        self.second_confirmation = second_confirmation
 
     @property
     def empty(self) -> bool:
         return self.changes.empty
 
-    def apply(self) -> None:
-        """Not available yet: plans are shown, and applied by hand."""
-        raise NotImplementedError(
-            "applying a plan is not built yet: review it and run the command "
-            "it shows; diagnosis stays read-only")
+    @property
+    def id(self) -> str:
+        """A short digest of what this plan changes and where."""
+        import hashlib
+
+        columns = [c for c in (self.key_columns or list(self.changes.columns))
+                   if c in self.changes.columns]
+        rows = [{c: str(row[c]) for c in columns}
+                for row in self.changes.to_dict("records")]
+        where = self.target.describe() if self.target is not None else {}
+        text = json_text({"kind": self.kind, "title": self.title, "where": where,
+                          "rows": rows, "command": self.command})
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return the planned changes as plain records (for the audit trail)."""
+        return [{str(k): _plain(v) for k, v in row.items()}
+                for row in self.changes.to_dict("records")]
+
+    def apply(self, confirm: str | None = None) -> Applied:
+        """Apply the plan after confirmation; see :mod:`paracle_nb.remediate`.
+
+        In JupyterLab it asks for the plan id; in a batch run it applies
+        nothing unless the run was started with ``-p apply <id>``
+        (:meth:`paracle_nb.runbook.Runbook.remediate`).
+        """
+        from paracle_nb import remediate
+
+        result = remediate.apply_plan(self, confirm=confirm)
+        _record(result)
+        return result
 
     def scoped_command(self, target: Target | None = None) -> str:
         """Return the command, pinned to the target the runbook points at.
@@ -49,19 +100,41 @@ class Plan:
         """
         from paracle_nb.runbook import current_target
 
-        target = target or current_target()
+        target = target or self.target or current_target()
         return scope_command(self.command, target) if target else self.command
 
     def _repr_html_(self) -> str:
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         table = (self.changes.to_html(index=False, max_rows=20)
                  if not self.changes.empty else "<p>Nothing to change.</p>")
-        return (f"<div><p><b>Plan (not applied)</b>: {html.escape(self.title)}</p>"
+        how = ("applied by hand" if self.executor is None or self.empty
+               else f"apply with <code>-p apply {self.id}</code> or "
+                    f"<code>.apply()</code>")
+        return (f"<div><p><b>Plan <code>{self.id}</code> (not applied)</b>: "
+                f"{html.escape(self.title)} <i>({how})</i></p>"
                 f"{table}<ul>{notes}</ul>"
                 f"<pre>{html.escape(self.scoped_command())}</pre></div>")
 
     def __repr__(self) -> str:
-        return f"Plan({self.title!r}, {len(self.changes)} change(s), not applied)"
+        return (f"Plan({self.id}, {self.title!r}, {len(self.changes)} change(s), "
+                "not applied)")
+
+
+def _plain(value: Any) -> Any:
+    """Return a table cell as a JSON-friendly value."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _record(result: Applied) -> None:
+    """Add an apply outcome to the open runbook's verdict, if any."""
+    from paracle_nb import runbook
+
+    if runbook._current is not None:
+        runbook._current.record(result)
 
 
 class Plans(list[Plan]):

@@ -55,6 +55,10 @@ class TargetTimeout(TargetUnreachable):
     """A call to the target did not finish within its timeout."""
 
 
+class PermissionDenied(ParacleError):
+    """The target refused the call: the role in use may not do this."""
+
+
 class KubernetesError(ParacleError):
     """The Kubernetes API answered with an error status."""
 
@@ -63,7 +67,7 @@ class KubernetesError(ParacleError):
         self.status = status
 
 
-class Forbidden(KubernetesError):
+class Forbidden(KubernetesError, PermissionDenied):
     """The Kubernetes API answered 403: the runbook's role may not do this."""
 
 

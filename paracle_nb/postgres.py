@@ -15,6 +15,7 @@ from paracle_nb.errors import (
     AuthenticationFailed,
     ConnectionRefused,
     ParameterError,
+    PermissionDenied,
     TargetTimeout,
     TargetUnreachable,
 )
@@ -33,9 +34,12 @@ _NO_SLOT = ("too many clients", "remaining connection slots are reserved",
             "too many connections")
 
 
-def connect(target: Target, *, statement_timeout_ms: int | None = None
-            ) -> psycopg.Connection[Any]:
+def connect(target: Target, *, statement_timeout_ms: int | None = None,
+            read_only: bool = True) -> psycopg.Connection[Any]:
     """Open a read-only session to the target's database.
+
+    ``read_only=False`` is for applying a confirmed remediation only
+    (:mod:`paracle_nb.actions_postgres`).
 
     >>> with connect(target) as conn:  # doctest: +SKIP
     ...     connection_limits(conn)
@@ -45,7 +49,7 @@ def connect(target: Target, *, statement_timeout_ms: int | None = None
     if not target.postgres_dsn:
         raise ParameterError("no `postgres_dsn` in the parameters", target="postgres")
     timeout_ms = statement_timeout_ms or int(target.timeout_seconds * 1000)
-    options = (f"-c default_transaction_read_only=on "
+    options = (f"-c default_transaction_read_only={'on' if read_only else 'off'} "
                f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}")
     password = target.postgres_password.reveal() if target.postgres_password else None
     try:
@@ -114,6 +118,10 @@ def _query(conn: psycopg.Connection[Any], sql: str, params: Any = None
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(sql, params)
             return list(cur.fetchall())
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied("Postgres refused: permission denied",
+                               target="postgres",
+                               detail=str(exc).strip().splitlines()[0]) from None
     except psycopg.errors.QueryCanceled as exc:
         raise TargetTimeout("query cancelled by statement_timeout",
                             target="postgres", detail=str(exc).strip()) from None

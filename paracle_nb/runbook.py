@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 from paracle_nb.errors import (
     AuthenticationFailed,
     ConnectionRefused,
-    Forbidden,
     ParacleError,
+    PermissionDenied,
     TargetTimeout,
     TargetUnreachable,
 )
@@ -73,7 +73,14 @@ def current_target() -> Target | None:
 
 
 class Runbook:
-    """One run of a runbook against a target: steps, timings, failures."""
+    """One run of a runbook against a target: steps, timings, failures.
+
+    In JupyterLab a cell may run again, or out of order: the latest run of
+    each step is what counts. A re-run step replaces its earlier failure
+    and closes the connection its earlier run opened, and
+    :meth:`open` lets the cell that creates the runbook run again without
+    forgetting the steps already run.
+    """
 
     def __init__(self, name: str, target: Target) -> None:
         global _current
@@ -82,21 +89,50 @@ class Runbook:
         _current = self
         self.failures: list[Unavailable] = []
         self.timings: dict[str, float] = {}
+        self.verdict: Verdict | None = None
+        self.remediations: list[Any] = []
+        # Connections and clients steps opened, by step, closed on re-run.
+        self._opened: dict[str, Any] = {}
         log.info("runbook %s started against %s", name, target.environment)
+
+    @classmethod
+    def open(cls, name: str, target: Target) -> Runbook:
+        """Return this kernel's runbook ``name`` on ``target``, or a new one.
+
+        Running the notebook's first cell again keeps the steps already run
+        (their results are still in the kernel). A runbook on another target
+        starts afresh, and the earlier one's connections are closed so no
+        step can read the old target by mistake.
+        """
+        previous = _current
+        if previous is not None and previous.name == name \
+                and previous.target.describe() == target.describe():
+            return previous
+        if previous is not None:
+            previous.close()
+        return cls(name, target)
+
+    def close(self) -> None:
+        """Close every connection and client the steps opened."""
+        for name in list(self._opened):
+            self._close_opened(name)
 
     def step(self, name: str, func: Callable[..., T], *args: Any, **kw: Any
              ) -> T | Unavailable:
         """Run one diagnosis step; a failure is recorded, not raised.
 
         A step whose input is :class:`Unavailable` is skipped and passes
-        that input on, so the first failure is reported once.
+        that input on, so the first failure is reported once. Running a
+        step again forgets its earlier outcome first.
         """
-        for value in (*args, *kw.values()):
+        inputs = (*args, *kw.values())
+        self._forget(name, inputs)
+        for value in inputs:
             if isinstance(value, Unavailable):
                 return value
         started = time.monotonic()
         try:
-            return func(*args, **kw)
+            result = func(*args, **kw)
         except Exception as exc:  # a step must never end the run
             log.debug("step %s failed:\n%s", name, traceback.format_exc())
             failed = Unavailable(name, exc)
@@ -104,6 +140,23 @@ class Runbook:
             return failed
         finally:
             self.timings[name] = round(time.monotonic() - started, 3)
+
+        if callable(getattr(result, "close", None)) and not _among(result, inputs):
+            self._opened[name] = result
+        return result
+
+    def _forget(self, name: str, inputs: tuple[Any, ...]) -> None:
+        """Drop a step's earlier failure; close what its earlier run opened."""
+        self.failures = [f for f in self.failures if f.step != name]
+        if name in self._opened and not _among(self._opened[name], inputs):
+            self._close_opened(name)
+
+    def _close_opened(self, name: str) -> None:
+        opened = self._opened.pop(name)
+        try:
+            opened.close()
+        except Exception as exc:  # closing a dead connection may fail too
+            log.debug("closing what step %s opened failed: %s", name, exc)
 
     def conclude(self, findings: list[Finding]) -> Verdict:
         """Return the verdict: the diagnosis plus every step that failed."""
@@ -115,12 +168,91 @@ class Runbook:
                 Finding("no-problem", Severity.OK, "Nothing abnormal found.")
             )
         log.info("%s", verdict.headline())
+        self.verdict = verdict
         return verdict
+
+    def record(self, result: Any) -> None:
+        """Add an apply outcome (:class:`paracle_nb.remediate.Applied`) to the
+        verdict, once per plan and outcome."""
+        if any(r.plan_id == result.plan_id and r.outcome == result.outcome
+               for r in self.remediations):
+            return
+        self.remediations.append(result)
+        if self.verdict is not None and result.outcome != "not-confirmed":
+            self.verdict.findings.append(result.finding)
+
+    def remediate(self, plans: Any, apply: Any = "") -> Any:
+        """Apply the plans a batch run was started with; show the others.
+
+        ``apply`` is the runbook's parameter: plan ids shown by an earlier
+        run (comma-separated or a list). A plan applies only when its id,
+        re-read from the target now, is among them; nothing is applied
+        otherwise, and nothing ever waits for input here. Returns the
+        outcomes and the verdict with them, for display.
+        """
+        from paracle_nb import remediate
+
+        wanted = remediate.parse_apply(apply)
+        outcomes = []
+        for plan in plans or []:
+            if plan.id in wanted:
+                result = remediate.apply_plan(plan, authorized=wanted)
+                self.record(result)
+                outcomes.append(result)
+        unknown = wanted - {p.id for p in plans or []} - {
+            p.second_confirmation for p in plans or [] if p.second_confirmation}
+        for plan_id in sorted(unknown):
+            finding = Finding("remediation-plan-changed", Severity.WARNING,
+                              f"Plan {plan_id} was asked for but is not among "
+                              "the plans of this run: the target changed since "
+                              "it was shown, or it belongs to another runbook. "
+                              "Nothing applied for it.",
+                              {"plan_id": plan_id})
+            if self.verdict is not None:
+                self.verdict.findings.append(finding)
+        return Remediation(list(plans or []), outcomes, self.verdict,
+                           bool(wanted))
+
+
+class Remediation:
+    """The outcome of a runbook's remediation cell, shown in the notebook."""
+
+    def __init__(self, plans: list[Any], outcomes: list[Any],
+                 verdict: Verdict | None, requested: bool) -> None:
+        self.plans = plans
+        self.outcomes = outcomes
+        self.verdict = verdict
+        self.requested = requested
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        parts = [o._repr_html_() for o in self.outcomes]
+        by_id = {o.plan_id for o in self.outcomes}
+        rest = [p for p in self.plans if p.id not in by_id
+                and p.executor is not None and not p.empty]
+        if rest:
+            ids = ", ".join(f"<code>{p.id}</code>" for p in rest)
+            parts.append(f"<p>Not applied: {ids}. To apply, start the run with "
+                         "<code>-p apply ID</code>, or call <code>.apply()</code> "
+                         "on the plan in JupyterLab.</p>")
+        if not self.plans:
+            parts.append("<p>No plan to apply.</p>")
+        bundle = {"text/html": "".join(parts),
+                  "text/plain": "\n".join(repr(o) for o in self.outcomes)
+                  or "nothing applied"}
+        if self.verdict is not None and self.outcomes:
+            bundle.update(self.verdict._repr_mimebundle_())
+            bundle["text/html"] = "".join(parts) + self.verdict._html()
+        return bundle
+
+
+def _among(value: Any, inputs: tuple[Any, ...]) -> bool:
+    """True if ``value`` is one of ``inputs`` (by identity, not equality)."""
+    return any(value is item for item in inputs)
 
 
 def _failure_finding(failed: Unavailable) -> Finding:
     error = failed.error
-    if isinstance(error, Forbidden):
+    if isinstance(error, PermissionDenied):
         cause = "forbidden"
     elif isinstance(error, AuthenticationFailed):
         cause = "authentication-failed"

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 APP_ROLE = "paracle"
 SRE_ROLE = "paracle_sre"
 MONITOR_ROLE = "paracle_monitor"
+# The runbooks' roles as deploy/postgres/roles.sql makes them: read-only
+# diagnosis (MONITOR_ROLE) and remediation, which may also end sessions.
+REMEDIATION_ROLE = "paracle_remediate"
 DATABASE = "paracle"
 BOOTSTRAP_SUPERUSER = "postgres"
 
@@ -55,6 +58,7 @@ _ROLE_ATTRIBUTES = {
     APP_ROLE: "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE",
     SRE_ROLE: "LOGIN SUPERUSER",
     MONITOR_ROLE: "LOGIN NOSUPERUSER IN ROLE pg_monitor",
+    REMEDIATION_ROLE: "LOGIN NOSUPERUSER IN ROLE pg_monitor, pg_signal_backend",
 }
 
 _template_lock = threading.Lock()
