@@ -229,7 +229,15 @@ def plan_get_in(limits: Any, deployment: str, target: Target) -> Plan:
 def pool_plans(verdict: Any, target: Target, *, sessions: Any, limits: Any,
                application: str, idle_older_than_s: float, new_max_connections: int,
                deployment: str) -> Plans:
-    """Return the guide's fixes for what the pool runbook found."""
+    """Return the guide's fixes for what the pool runbook found.
+
+    The idle-session and max_connections plans read the target again and
+    can be applied; when the database cannot be read now, the plan from
+    the sessions seen earlier is shown, to be run by hand.
+    """
+    from paracle_nb import actions_postgres
+    from paracle_nb.errors import ParacleError
+
     plans = Plans()
     found = verdict.finding("connection-pool-exhausted") or verdict.finding(
         "connection-pool-near-limit")
@@ -238,7 +246,96 @@ def pool_plans(verdict: Any, target: Target, *, sessions: Any, limits: Any,
     if not found.evidence.get("max_connections"):
         plans.append(plan_get_in(limits, deployment, target))
         return plans
-    plans.append(plan_terminate_idle(sessions, application, idle_older_than_s))
+    try:
+        plans.append(actions_postgres.terminate_idle_connections(
+            target, f"{idle_older_than_s:g}s", application=application))
+    except ParacleError as exc:
+        fallback = plan_terminate_idle(sessions, application, idle_older_than_s)
+        fallback.notes.append(f"Could not re-read the sessions ({exc}): "
+                              "run the command by hand after checking them.")
+        plans.append(fallback)
     plans.append(plan_reduce_pool(target, limits, deployment))
-    plans.append(plan_max_connections(limits, new_max_connections))
+    plans.append(plan_pgbouncer(target, limits, deployment))
+    if new_max_connections > (limits["max_connections"] if available(limits) else 0):
+        try:
+            plans.append(actions_postgres.set_max_connections(
+                target, new_max_connections))
+        except ParacleError:
+            plans.append(plan_max_connections(limits, new_max_connections))
+    return plans
+
+
+PGBOUNCER_INI = """\
+[databases]
+{database} = host={host} port={port} dbname={database}
+
+[pgbouncer]
+listen_addr = 0.0.0.0
+listen_port = 6432
+auth_type = scram-sha-256
+auth_file = /etc/pgbouncer/userlist.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = {max_client_conn}
+server_idle_timeout = 600"""
+
+
+def plan_pgbouncer(target: Target, limits: Any, deployment: str,
+                   headroom: float = 0.5) -> Plan:
+    """Plan PgBouncer in front of the database: the guide's lasting fix.
+
+    Shown, never applied: it is a new deployment and a changed
+    DATABASE_URL. The lab measures what it does (sandbox/pgbouncer.py).
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(target.postgres_dsn or "")
+    usable = (limits["max_connections"] - limits["superuser_reserved"]
+              if available(limits) else 100)
+    pool_size = max(2, int(usable * headroom))
+    rows: list[dict[str, Any]] = [{"object": "pgbouncer", "field": "default_pool_size",
+             "before": "(no pooler)", "after": pool_size},
+            {"object": f"deployment/{deployment}", "field": "DATABASE_URL host",
+             "before": parts.get("host", "?"), "after": "pgbouncer:6432"}]
+    command = PGBOUNCER_INI.format(database=parts.get("dbname", "paracle"),
+                                   host=parts.get("host", "postgres"),
+                                   port=parts.get("port", 5432),
+                                   pool_size=pool_size, max_client_conn=2000)
+    notes = ["Transaction pooling: many client connections share "
+             f"{pool_size} server connections ({headroom:.0%} of the {usable} "
+             "usable slots), so scaling the API no longer multiplies them.",
+             "Session features do not survive transaction pooling: prepared "
+             "statements (psycopg: prepare_threshold=None), SET, advisory "
+             "locks, LISTEN.",
+             "Point DATABASE_URL in the API's Secret at the pooler, then "
+             "restart the deployment."]
+    return Plan("put PgBouncer in front of the database",
+                _frame(rows, ["object", "field", "before", "after"]), command, notes,
+                kind="postgres.pgbouncer", target=target)
+
+
+def slow_query_plans(verdict: Any, target: Target) -> Plans:
+    """Return the slow-queries fixes: the index proven missing, the backends
+    that block others or run too long. Applicable where the target answers."""
+    from paracle_nb import actions_postgres
+    from paracle_nb.errors import ParacleError
+
+    plans = Plans()
+    missing = verdict.finding("missing-index")
+    evidence = missing.evidence if missing is not None else {}
+    if evidence.get("table") and evidence.get("filter_columns"):
+        try:
+            plans.append(actions_postgres.create_index_concurrently(
+                target, evidence["table"], list(evidence["filter_columns"])))
+        except ParacleError:
+            plans.append(plan_create_index(missing))
+    rows, skipped = _backends_to_end(verdict)
+    if rows:
+        try:
+            plan = actions_postgres.terminate_backends(
+                target, {int(r["pid"]): str(r["why"]) for r in rows})
+            plan.notes.extend(skipped)
+            plans.append(plan)
+        except ParacleError:
+            plans.append(plan_terminate_backends(verdict))
     return plans

@@ -147,10 +147,52 @@ def terminate_long_queries(target: Target, longer_than: str = "5min",
         _ACTIVE, "query_start", filters)
 
 
+def terminate_backends(target: Target, reasons: dict[int, str]) -> Plan:
+    """Plan ending the client backends a diagnosis named, pid -> why.
+
+    The slow-queries runbook names a blocker or a runaway query; the plan
+    lists it only while it is the same client backend, never autovacuum,
+    replication or this session.
+    """
+    with postgres.connect(target) as conn:
+        rows = postgres._query(conn, """
+            SELECT pid, backend_start::text AS backend_start,
+                   usename AS role, datname AS database,
+                   coalesce(nullif(application_name, ''), '(none)') AS application,
+                   client_addr::text AS client_addr, state,
+                   extract(epoch FROM now() - coalesce(xact_start, query_start,
+                                                       backend_start))::float
+                       AS age_s,
+                   left(query, 120) AS query
+              FROM pg_stat_activity
+             WHERE pid = ANY(%s) AND backend_type = 'client backend'
+               AND pid <> pg_backend_pid()
+             ORDER BY pid""", [list(reasons)])
+    for row in rows:
+        row["age"] = format_duration(row.pop("age_s"))
+        row["why"] = reasons[row["pid"]]
+    skipped = sorted(set(reasons) - {r["pid"] for r in rows})
+    notes = ["Ending a session rolls back its open transaction; its client sees "
+             "an error and must retry. pg_cancel_backend(pid) cancels only the "
+             "query (terminate_long_queries(..., cancel_only=True)).",
+             "Client backends only: never autovacuum, replication or background "
+             "workers; applying checks it again, with the backend's start time."]
+    if skipped:
+        notes.append(f"Not listed (gone, or not a client backend): {skipped}.")
+    filters = {"older": 0.0, "application": None, "role": None, "database": None}
+    return _termination_plan(
+        target, f"terminate {len(rows)} backend(s) named by the diagnosis", rows,
+        notes, "postgres.terminate_backends", "pg_terminate_backend",
+        lambda: terminate_backends(target, reasons),
+        "state IS NOT NULL", "backend_start", filters,
+        columns=[*_COLUMNS, "why"])
+
+
 def _termination_plan(target: Target, title: str, rows: list[dict[str, Any]],
                       notes: list[str], kind: str, function: str,
                       replan: Any, state: str, since: str,
-                      filters: dict[str, Any]) -> Plan:
+                      filters: dict[str, Any],
+                      columns: list[str] = _COLUMNS) -> Plan:
     pids = ", ".join(str(r["pid"]) for r in rows) or "NULL"
     command = (f"SELECT pid, {function}(pid) FROM pg_stat_activity\n"
                f" WHERE pid IN ({pids})\n"
@@ -195,7 +237,7 @@ def _termination_plan(target: Target, title: str, rows: list[dict[str, Any]],
                                   "max_connections": limits["max_connections"],
                                   "still_present": sorted(still)}})
 
-    return Plan(title, _frame([{**r} for r in rows], _COLUMNS), command, notes,
+    return Plan(title, _frame([{**r} for r in rows], columns), command, notes,
                 kind=kind, target=target, executor=execute, verifier=verify,
                 replan=replan, key_columns=["pid", "backend_start"],
                 needs=SIGNAL_ROLE)

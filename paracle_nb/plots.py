@@ -361,3 +361,26 @@ def error_rate_plot(series: Any, threshold: float = 0.01,
     axes.set_title(title)
     axes.legend(loc="upper left", fontsize=8, frameon=False)
     return Plot(figure, "api error rate")
+
+
+def pooling_plot(direct: dict[str, Any], pooled: dict[str, Any],
+                 limits: Any, pool_size: int) -> Plot:
+    """Server connections and refused clients, straight to Postgres and via
+    PgBouncer, against the connection limit (the pooler's before and after)."""
+    figure, axes = _figure(8, 2.4)
+    labels = [f"direct ({direct['clients']} clients)",
+              f"via PgBouncer ({pooled['clients']} clients, pool {pool_size})"]
+    peaks = [direct["peak_server_connections"], pooled["peak_server_connections"]]
+    refused = [direct["refused"], pooled["refused"]]
+    axes.barh(labels, peaks, color="#1565c0", label="server connections (peak)")
+    axes.barh(labels, refused, left=peaks, color="#c62828", label="clients refused")
+    usable = limits["max_connections"] - limits["superuser_reserved"]
+    axes.axvline(usable, color=LIMIT_COLOUR, linestyle="--",
+                 label=f"usable by applications ({usable})")
+    axes.axvline(limits["max_connections"], color=LIMIT_COLOUR,
+                 label=f"max_connections ({limits['max_connections']})")
+    axes.set_xlabel("connections")
+    axes.set_title("Postgres connections before and after PgBouncer")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
+                frameon=False)
+    return Plot(figure, "postgres connections before and after pgbouncer")
