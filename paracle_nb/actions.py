@@ -104,6 +104,7 @@ class Plan:
         return scope_command(self.command, target) if target else self.command
 
     def _repr_html_(self) -> str:
+        _shown(self)
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         table = (self.changes.to_html(index=False, max_rows=20)
                  if not self.changes.empty else "<p>Nothing to change.</p>")
@@ -129,6 +130,14 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _shown(plan: Plan) -> None:
+    """Tell the open runbook this plan was shown: only shown plans apply."""
+    from paracle_nb import runbook
+
+    if runbook._current is not None:
+        runbook._current.shown[plan.title] = plan
+
+
 def _record(result: Applied) -> None:
     """Add an apply outcome to the open runbook's verdict, if any."""
     from paracle_nb import runbook
@@ -148,7 +157,7 @@ class Plans(list[Plan]):
 
 _SQL = re.compile(r"^\s*(SELECT|ALTER|CREATE|DROP|REINDEX|VACUUM|ANALYZE)\b",
                   re.IGNORECASE | re.MULTILINE)
-_REDIS = re.compile(r"^\s*(CONFIG|SCAN|UNLINK|DEL|CLIENT)\b", re.MULTILINE)
+_REDIS = re.compile(r"^\s*(CONFIG|SCAN|UNLINK|DEL|CLIENT|FLUSHDB)\b", re.MULTILINE)
 
 
 def scope_command(command: str, target: Target) -> str:
@@ -178,27 +187,9 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 def plan_memory_limit(target: Target, deployment: str, container: str,
                       new_limit: str = "") -> Plan:
     """Plan raising a container's memory limit (default: double it)."""
-    spec = kube.get_deployment(target, deployment)
-    containers = spec["spec"]["template"]["spec"]["containers"]
-    current = next(c for c in containers if c["name"] == container)
-    before = current.get("resources", {}).get("limits", {}).get("memory")
-    if not new_limit:
-        doubled = 2 * (parse_quantity(before) or 256 * 2**20)
-        new_limit = f"{int(doubled // 2**20)}Mi"
+    from paracle_nb.actions_kubernetes import raise_memory_limit
 
-    changes = _frame([{
-        "object": f"deployment/{deployment}",
-        "field": f"containers[{container}].resources.limits.memory",
-        "before": before or "(none)",
-        "after": new_limit,
-    }], ["object", "field", "before", "after"])
-    command = shlex.join(["kubectl", "set", "resources", f"deployment/{deployment}",
-                          "-c", container, f"--limits=memory={new_limit}",
-                          "-n", target.namespace])
-    notes = ["Starts a rolling update of every pod of the deployment.",
-             "Check node allocatable memory first: pods may go Pending."]
-    return Plan(f"raise memory limit of {deployment}/{container}", changes,
-                command, notes)
+    return raise_memory_limit(target, deployment, container, new_limit)
 
 
 def plan_set_env(target: Target, deployment: str, container: str,
@@ -207,35 +198,9 @@ def plan_set_env(target: Target, deployment: str, container: str,
 
     Values from Secrets are shown as their reference, never their value.
     """
-    spec = kube.get_deployment(target, deployment)
-    containers = spec["spec"]["template"]["spec"]["containers"]
-    current = next(c for c in containers if c["name"] == container)
-    env = {e["name"]: e for e in current.get("env", [])}
+    from paracle_nb.actions_kubernetes import set_env
 
-    rows = []
-    for name, value in changes.items():
-        rows.append({"object": f"deployment/{deployment}",
-                     "variable": name,
-                     "before": _env_shown(env.get(name)),
-                     "after": "(removed)" if value is None else value})
-    args = [f"{k}-" if v is None else f"{k}={v}" for k, v in changes.items()]
-    command = shlex.join(["kubectl", "set", "env", f"deployment/{deployment}",
-                          "-c", container, *args, "-n", target.namespace])
-    return Plan(f"set env on {deployment}/{container}",
-                _frame(rows, ["object", "variable", "before", "after"]), command,
-                ["Starts a rolling update of the deployment's pods."])
-
-
-def _env_shown(entry: dict[str, Any] | None) -> str:
-    if entry is None:
-        return "(unset)"
-    if "value" in entry:
-        return str(entry["value"])
-    ref = entry.get("valueFrom", {})
-    for kind, key in (("secretKeyRef", "secret"), ("configMapKeyRef", "configmap")):
-        if kind in ref:
-            return f"(from {key} {ref[kind].get('name')}/{ref[kind].get('key')})"
-    return "(from a reference)"
+    return set_env(target, deployment, container, dict(changes))
 
 
 def _kubectl_patch(kind: str, name: str, namespace: str, patch: Any,
@@ -270,65 +235,57 @@ def plan_reduce_requests(target: Target, deployment: str, container: str,
     after = (f"{round(new * 1000)}m" if resource == "cpu"
              else f"{int(new // 2**20)}Mi") if new > 0 else "(no request fits)"
 
-    changes = _frame([{"object": f"deployment/{deployment}",
-                       "field": f"containers[{container}].resources.requests."
-                                f"{resource}",
-                       "before": before or "(none)", "after": after}],
-                     ["object", "field", "before", "after"])
-    command = shlex.join(["kubectl", "set", "resources", f"deployment/{deployment}",
-                          "-c", container, f"--requests={resource}={after}",
-                          "-n", target.namespace]) if new > 0 else "# add nodes"
     notes = [f"The largest request that places all {evidence.get('pending_pods')} "
              "pending pod(s) on the room free today; a rolling update follows.",
              "Check real usage first (kubectl top pod): a request below it "
              "invites CPU throttling or eviction.",
              "The other fix is more room: add nodes to the node group."]
+    if new > 0:
+        from paracle_nb.actions_kubernetes import set_resource_request
+
+        plan = set_resource_request(target, deployment, container, resource, after)
+        plan.notes = notes
+        return plan
+    # Nothing fits: the only fix is more room, which a runbook cannot patch.
+    changes = _frame([{"object": f"deployment/{deployment}",
+                       "field": f"containers[{container}].resources.requests."
+                                f"{resource}",
+                       "before": before or "(none)", "after": after}],
+                     ["object", "field", "before", "after"])
     return Plan(f"lower {resource} request of {deployment}/{container}", changes,
-                command, notes)
+                "# add nodes", notes)
 
 
 def plan_remove_node_selector(target: Target, deployment: str,
                               evidence: dict[str, Any]) -> Plan:
     """Plan removing the node selector entries that no node satisfies."""
+    from paracle_nb.actions_kubernetes import patch_node_selector
+
     selector = _pod_template(target, deployment).get("nodeSelector") or {}
     keys = [k for k in evidence.get("selector", {}) if k in selector]
-    rows = [{"object": f"deployment/{deployment}",
-             "field": f"nodeSelector.{k}", "before": selector[k],
-             "after": "(removed)"} for k in keys]
-    patch = {"spec": {"template": {"spec": {"nodeSelector": dict.fromkeys(keys)}}}}
-    notes = ["Or, if the pods really need such nodes, label the right nodes: "
-             "kubectl label node <node> <key>=<value>.",
-             "Required node affinity is not patched here: edit it by hand."]
-    return Plan(f"remove unmatched node selector of {deployment}",
-                _frame(rows, ["object", "field", "before", "after"]),
-                _kubectl_patch("deployment", deployment, target.namespace, patch)
-                if keys else "# nothing in nodeSelector to remove", notes)
+    plan = patch_node_selector(target, deployment, dict.fromkeys(keys))
+    plan.notes = ["Or, if the pods really need such nodes, label the right "
+                  "nodes: kubectl label node <node> <key>=<value>.",
+                  "Required node affinity is not patched here: edit it by hand."]
+    return plan
 
 
 def plan_add_toleration(target: Target, deployment: str,
                         evidence: dict[str, Any]) -> Plan:
     """Plan adding a toleration for the taint that keeps the pods off every node."""
-    tolerations = list(_pod_template(target, deployment).get("tolerations") or [])
+    from paracle_nb.actions_kubernetes import add_toleration
+
     toleration = {"key": evidence["taint_key"], "operator": "Equal",
                   "value": evidence["taint_value"], "effect": evidence["taint_effect"]}
     if not evidence["taint_value"]:
         toleration = {"key": evidence["taint_key"], "operator": "Exists",
                       "effect": evidence["taint_effect"]}
-    patch = {"spec": {"template": {"spec": {"tolerations": [*tolerations,
-                                                            toleration]}}}}
-    changes = _frame([{"object": f"deployment/{deployment}", "field": "tolerations",
-                       "before": len(tolerations), "after": len(tolerations) + 1,
-                       "added": json_text(toleration)}],
-                     ["object", "field", "before", "after", "added"])
+    plan = add_toleration(target, deployment, toleration)
     value = f"={evidence['taint_value']}" if evidence["taint_value"] else ""
     taint = f"{evidence['taint_key']}{value}:{evidence['taint_effect']}"
-    notes = ["A taint is usually there on purpose: tolerate it only if the API "
-             "belongs on those nodes.",
-             f"Or remove the taint: kubectl taint nodes "
-             f"{' '.join(evidence.get('nodes', []))} {taint}-"]
-    return Plan(f"tolerate {taint} in {deployment}", changes,
-                _kubectl_patch("deployment", deployment, target.namespace, patch),
-                notes)
+    plan.notes.append(f"Or remove the taint: kubectl taint nodes "
+                      f"{' '.join(evidence.get('nodes', []))} {taint}-")
+    return plan
 
 
 def json_text(value: Any) -> str:
@@ -339,77 +296,158 @@ def json_text(value: Any) -> str:
 
 
 def plan_pdb_budget(target: Target, evidence: dict[str, Any]) -> Plan:
-    """Plan loosening a PDB that allows no disruption, never deleting it."""
+    """Plan loosening a PDB that allows no disruption, never deleting it.
+
+    Made from the finding's evidence; applying reads the PDB again first.
+    """
+    from paracle_nb import kube_patch
+    from paracle_nb.actions_kubernetes import edits_plan
+
     pdb, expected = evidence["pdb"], int(evidence.get("expected_pods") or 0)
     min_available = evidence.get("min_available")
     if isinstance(min_available, int) and expected > 1:
-        rows = [{"field": "minAvailable", "before": min_available,
-                 "after": expected - 1}]
+        after: dict[str, Any] = {"minAvailable": expected - 1}
         patch: dict[str, Any] = {"spec": {"minAvailable": expected - 1}}
     else:
-        rows = [{"field": "minAvailable", "before": min_available,
-                 "after": "(removed)"},
-                {"field": "maxUnavailable",
-                 "before": evidence.get("max_unavailable"), "after": 1}]
+        after = {"minAvailable": kube_patch.REMOVED, "maxUnavailable": 1}
         patch = {"spec": {"minAvailable": None, "maxUnavailable": 1}}
+
+    def read(obj: dict[str, Any]) -> dict[str, Any]:
+        spec = obj.get("spec") or {}
+        return {k: spec.get(k, kube_patch.ABSENT)
+                for k in ("minAvailable", "maxUnavailable")}
+
+    def replan() -> Plan:
+        live = read(kube_patch.read_object(target, "poddisruptionbudget", pdb))
+        return plan_pdb_budget(target, {
+            **evidence, "min_available": _present(live["minAvailable"]),
+            "max_unavailable": _present(live["maxUnavailable"])})
+
+    before = {"minAvailable": _shown_value(min_available),
+              "maxUnavailable": _shown_value(evidence.get("max_unavailable"))}
+    edit = kube_patch.Edit("poddisruptionbudget", pdb, read, before, after,
+                           lambda _: patch, kube_patch.MERGE)
     notes = ["Never delete the PDB: it keeps a drain from taking every API pod "
              "at once.",
              "Or scale the deployment up by one first: the same budget then "
              "allows one eviction.",
              "Set the budget back after the drain if it was meant to be strict."]
-    return Plan(f"let PDB {pdb} allow one disruption",
-                _frame([{"object": f"poddisruptionbudget/{pdb}", **r} for r in rows],
-                       ["object", "field", "before", "after"]),
-                _kubectl_patch("pdb", pdb, target.namespace, patch), notes)
+    return edits_plan(target, f"let PDB {pdb} allow one disruption", [edit],
+                      _kubectl_patch("pdb", pdb, target.namespace, patch), notes,
+                      kind="kubernetes.pdb", replan=replan)
+
+
+def _shown_value(value: Any) -> Any:
+    """Return an evidence value as a plan shows it: absent is ``(none)``."""
+    from paracle_nb.kube_patch import ABSENT
+
+    return ABSENT if value is None else value
+
+
+def _present(shown: Any) -> Any:
+    from paracle_nb.kube_patch import ABSENT
+
+    return None if shown == ABSENT else shown
 
 
 def plan_service_selector(target: Target, service: str,
                           evidence: dict[str, Any]) -> Plan:
     """Plan setting a service's selector to the labels its pods really have."""
+    from paracle_nb import kube_patch
+    from paracle_nb.actions_kubernetes import edits_plan
+
+    mismatched = evidence.get("mismatched") or {}
     fixed: dict[str, str | None] = {}
-    rows = []
-    for key, seen in (evidence.get("mismatched") or {}).items():
+    for key, seen in mismatched.items():
         have = [v for v in seen["pods_have"] if v != "(absent)"]
         fixed[key] = have[0] if len(have) == 1 and len(seen["pods_have"]) == 1 \
             else None
-        rows.append({"object": f"service/{service}", "field": f"selector.{key}",
-                     "before": seen["wanted"], "after": fixed[key] or "(removed)"})
     patch = {"spec": {"selector": fixed}}
+
+    def read(obj: dict[str, Any]) -> dict[str, Any]:
+        selector = (obj.get("spec") or {}).get("selector") or {}
+        return {f"selector.{k}": selector.get(k, kube_patch.ABSENT)
+                for k in mismatched}
+
+    def replan() -> Plan:
+        live = read(kube_patch.read_object(target, "service", service))
+        return plan_service_selector(target, service, {**evidence, "mismatched": {
+            k: {**seen, "wanted": live[f"selector.{k}"]}
+            for k, seen in mismatched.items()}})
+
+    edit = kube_patch.Edit(
+        "service", service, read,
+        {f"selector.{k}": seen["wanted"] for k, seen in mismatched.items()},
+        {f"selector.{k}": v or kube_patch.REMOVED for k, v in fixed.items()},
+        lambda _: patch, kube_patch.MERGE)
     notes = ["Check that the new selector picks only the API pods: kubectl get "
              f"pods -n {target.namespace} -l <selector>.",
              "Endpoints follow within seconds; no pod restarts."]
-    return Plan(f"fix the selector of service {service}",
-                _frame(rows, ["object", "field", "before", "after"]),
-                _kubectl_patch("service", service, target.namespace, patch), notes)
+    return edits_plan(target, f"fix the selector of service {service}", [edit],
+                      _kubectl_patch("service", service, target.namespace, patch),
+                      notes, kind="kubernetes.service_selector", replan=replan)
 
 
 def plan_ingress_backend(target: Target, evidence: dict[str, Any],
                          service: str) -> Plan:
     """Plan pointing an ingress route at a service and port that exist."""
+    from paracle_nb import kube_patch
+    from paracle_nb.actions_kubernetes import edits_plan
+
     ingress, field = evidence["ingress"], evidence["backend_field"]
     ports = evidence.get("service_ports") or []
-    rows: list[dict[str, Any]] = []
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
     ops: list[dict[str, Any]] = []
     if evidence["missing"] == "service":
-        rows.append({"field": f"{field}/service/name",
-                     "before": evidence["backend_service"], "after": service})
+        before[f"{field}/service/name"] = evidence["backend_service"]
+        after[f"{field}/service/name"] = service
         ops.append({"op": "replace", "path": f"{field}/service/name",
                     "value": service})
     elif len(ports) == 1:
         number = int(ports[0].split()[0])
-        rows.append({"field": f"{field}/service/port",
-                     "before": evidence["backend_port"], "after": number})
+        before[f"{field}/service/port"] = evidence["backend_port"]
+        after[f"{field}/service/port"] = number
         ops.append({"op": "replace", "path": f"{field}/service/port",
                     "value": {"number": number}})
+
+    def read(obj: dict[str, Any]) -> dict[str, Any]:
+        backend = _pointed(obj, field).get("service") or {}
+        port = backend.get("port") or {}
+        return {f"{field}/service/name": backend.get("name", kube_patch.ABSENT),
+                f"{field}/service/port": port.get("number") or port.get("name")
+                or kube_patch.ABSENT}
+
+    def replan() -> Plan:
+        live = read(kube_patch.read_object(target, "ingress", ingress))
+        return plan_ingress_backend(target, {
+            **evidence, "backend_service": live[f"{field}/service/name"],
+            "backend_port": live[f"{field}/service/port"]}, service)
+
+    edit = kube_patch.Edit("ingress", ingress, read, before, after,
+                           lambda _: ops, kube_patch.JSON_PATCH)
     notes = [f"Route {evidence['host']}{evidence['path']}; the controller "
              "reloads within seconds.",
              "Check the service first: kubectl get svc -n "
              f"{target.namespace} {evidence['backend_service']}."]
-    return Plan(f"fix the backend of ingress {ingress}",
-                _frame([{"object": f"ingress/{ingress}", **r} for r in rows],
-                       ["object", "field", "before", "after"]),
-                _kubectl_patch("ingress", ingress, target.namespace, ops, "json")
-                if ops else "# choose the backend port by hand", notes)
+    return edits_plan(target, f"fix the backend of ingress {ingress}", [edit],
+                      _kubectl_patch("ingress", ingress, target.namespace, ops,
+                                     "json")
+                      if ops else "# choose the backend port by hand", notes,
+                      kind="kubernetes.ingress_backend", replan=replan)
+
+
+def _pointed(obj: dict[str, Any], pointer: str) -> dict[str, Any]:
+    """Return the mapping a JSON pointer names in ``obj`` (empty if none)."""
+    node: Any = obj
+    for token in pointer.strip("/").split("/"):
+        if isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        elif isinstance(node, dict):
+            node = node.get(token, {})
+        else:
+            return {}
+    return node if isinstance(node, dict) else {}
 
 
 def plan_dns_check(target: Target, service: str, port: int | None = None) -> Plan:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_ENV = "PARACLE_NB_AUDIT"
+# The plans a run showed, with their ids, as recorded in the notebook.
+PLANS_MIME = "application/vnd.paracle.plans+json"
 BATCH_ENV = "PARACLE_NB_BATCH"
 
 # Plan ids applied in this kernel: re-running a cell never applies twice.
@@ -315,6 +317,18 @@ def parse_apply(value: Any) -> set[str]:
         return set()
     items = value if isinstance(value, (list, tuple, set)) else str(value).split(",")
     return {str(item).strip() for item in items if str(item).strip()}
+
+
+def plans_from_notebook(nb: Any) -> list[dict[str, Any]]:
+    """Return the plans an executed notebook recorded (id, title, outcome)."""
+    found: list[dict[str, Any]] = []
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {}).get(PLANS_MIME)
+            if data:
+                found = list((json.loads(data) if isinstance(data, str)
+                              else data)["plans"])
+    return found
 
 
 def forget_applied() -> None:

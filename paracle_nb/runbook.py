@@ -91,6 +91,8 @@ class Runbook:
         self.timings: dict[str, float] = {}
         self.verdict: Verdict | None = None
         self.remediations: list[Any] = []
+        # Plans displayed in the notebook, by title; the latest display wins.
+        self.shown: dict[str, Any] = {}
         # Connections and clients steps opened, by step, closed on re-run.
         self._opened: dict[str, Any] = {}
         log.info("runbook %s started against %s", name, target.environment)
@@ -178,39 +180,49 @@ class Runbook:
                for r in self.remediations):
             return
         self.remediations.append(result)
-        if self.verdict is not None and result.outcome != "not-confirmed":
-            self.verdict.findings.append(result.finding)
+        if result.outcome != "not-confirmed":
+            self._add_finding(result.finding)
 
-    def remediate(self, plans: Any, apply: Any = "") -> Any:
+    def _add_finding(self, finding: Finding) -> None:
+        """Add a finding after the verdict; it replaces "nothing found"."""
+        if self.verdict is None:
+            return
+        self.verdict.findings = [f for f in self.verdict.findings
+                                 if f.cause != "no-problem"] + [finding]
+
+    def remediate(self, apply: Any = "", plans: Any = None) -> Any:
         """Apply the plans a batch run was started with; show the others.
 
         ``apply`` is the runbook's parameter: plan ids shown by an earlier
-        run (comma-separated or a list). A plan applies only when its id,
-        re-read from the target now, is among them; nothing is applied
-        otherwise, and nothing ever waits for input here. Returns the
-        outcomes and the verdict with them, for display.
+        run (comma-separated or a list). A plan applies only when it was
+        shown in this notebook (``plans``, by default every plan displayed
+        so far) and its id, re-read from the target now, is among them.
+        Nothing is applied otherwise, and nothing ever waits for input
+        here. Returns the outcomes and the verdict with them, for display.
         """
         from paracle_nb import remediate
 
+        plans = list(self.shown.values()) if plans is None else list(plans)
         wanted = remediate.parse_apply(apply)
         outcomes = []
-        for plan in plans or []:
+        for plan in plans:
             if plan.id in wanted:
                 result = remediate.apply_plan(plan, authorized=wanted)
                 self.record(result)
                 outcomes.append(result)
-        unknown = wanted - {p.id for p in plans or []} - {
-            p.second_confirmation for p in plans or [] if p.second_confirmation}
-        for plan_id in sorted(unknown):
+        unknown = wanted - {p.id for p in plans} - {
+            p.second_confirmation for p in plans if p.second_confirmation}
+        noted = {f.evidence.get("plan_id") for f in
+                 (self.verdict.findings if self.verdict is not None else [])}
+        for plan_id in sorted(unknown - noted):
             finding = Finding("remediation-plan-changed", Severity.WARNING,
                               f"Plan {plan_id} was asked for but is not among "
                               "the plans of this run: the target changed since "
                               "it was shown, or it belongs to another runbook. "
                               "Nothing applied for it.",
                               {"plan_id": plan_id})
-            if self.verdict is not None:
-                self.verdict.findings.append(finding)
-        return Remediation(list(plans or []), outcomes, self.verdict,
+            self._add_finding(finding)
+        return Remediation(plans, outcomes, self.verdict,
                            bool(wanted))
 
 
@@ -236,10 +248,14 @@ class Remediation:
                          "on the plan in JupyterLab.</p>")
         if not self.plans:
             parts.append("<p>No plan to apply.</p>")
+        from paracle_nb.remediate import PLANS_MIME
+
         bundle = {"text/html": "".join(parts),
                   "text/plain": "\n".join(repr(o) for o in self.outcomes)
-                  or "nothing applied"}
-        if self.verdict is not None and self.outcomes:
+                  or "nothing applied",
+                  PLANS_MIME: {"plans": [_plan_summary(p, self.outcomes)
+                                         for p in self.plans]}}
+        if self.verdict is not None and self.requested:
             bundle.update(self.verdict._repr_mimebundle_())
             bundle["text/html"] = "".join(parts) + self.verdict._html()
         return bundle
@@ -248,6 +264,15 @@ class Remediation:
 def _among(value: Any, inputs: tuple[Any, ...]) -> bool:
     """True if ``value`` is one of ``inputs`` (by identity, not equality)."""
     return any(value is item for item in inputs)
+
+
+def _plan_summary(plan: Any, outcomes: list[Any]) -> dict[str, Any]:
+    """One plan as the artifact records it: id, what, whether it applies."""
+    outcome = next((o.outcome for o in outcomes if o.plan_id == plan.id), None)
+    return {"id": plan.id, "title": plan.title, "kind": plan.kind,
+            "changes": len(plan.changes),
+            "applicable": plan.executor is not None and not plan.empty,
+            "outcome": outcome or "not applied"}
 
 
 def _failure_finding(failed: Unavailable) -> Finding:
@@ -273,8 +298,17 @@ def _failure_finding(failed: Unavailable) -> Finding:
     )
 
 
+#: Longest text shown in one table cell; the rest is cut, marked with "…".
+MAX_CELL_CHARS = 120
+
+
 def show(sentence: str, evidence: Any = None, max_rows: int = 12) -> None:
-    """Display one sentence that says what a step means, then its evidence."""
+    """Display one sentence that says what a step means, then its evidence.
+
+    Tables longer than ``max_rows`` and texts longer than
+    :data:`MAX_CELL_CHARS` are cut, saying how much is hidden, so every
+    step fits on a screen.
+    """
     from IPython.display import HTML, Markdown, display
 
     display(Markdown(sentence))
@@ -291,13 +325,41 @@ def show(sentence: str, evidence: Any = None, max_rows: int = 12) -> None:
 
 
 def compact_table(frame: Any, max_rows: int = 12) -> str:
-    """Return a DataFrame as HTML that fits a screen, saying what is hidden."""
+    """Return a DataFrame as HTML that fits a screen, saying what is hidden.
+
+    >>> import pandas as pd
+    >>> "3 more rows not shown" in compact_table(pd.DataFrame({"n": range(5)}), 2)
+    True
+    """
     shown = _humanize(frame.head(max_rows)).drop(columns=["log"], errors="ignore")
+    for column in shown.columns:
+        shown[column] = [_clip(v) for v in shown[column]]
     html_table = shown.to_html(index=False, na_rep="-", escape=True)
     hidden = len(frame) - len(shown)
     if hidden > 0:
-        html_table += f"<p><i>… {hidden} more row(s) not shown.</i></p>"
+        rows = "row" if hidden == 1 else "rows"
+        html_table += (f"<p><i>First {len(shown)} of {len(frame)} rows; "
+                       f"{hidden} more {rows} not shown.</i></p>")
     return html_table
+
+
+def _clip(value: Any, limit: int = MAX_CELL_CHARS) -> Any:
+    """Return a long text (or a list or mapping, as text) cut to ``limit``."""
+    if isinstance(value, (list, tuple, set, dict)):
+        value = _listing(value)
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return value
+
+
+def _listing(value: list[Any] | tuple[Any, ...] | set[Any] | dict[Any, Any]
+             ) -> str:
+    """Return a collection as short text: ``a, b, c`` or ``k=v, ...``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_listing(v) if isinstance(v, (list, dict)) else v}"
+                         for k, v in value.items())
+    items = sorted(value, key=str) if isinstance(value, set) else value
+    return ", ".join(map(str, items))
 
 
 def _humanize(frame: Any) -> Any:
@@ -329,7 +391,8 @@ def _human_value(key: str, value: Any) -> str:
     from paracle_nb.units import format_bytes, format_duration
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-" if value is None else str(value)
+        return "-" if value is None else str(_clip(
+            value if isinstance(value, (list, tuple, set, dict)) else str(value)))
     if key.endswith(("bytes", "memory", "memory_peak", "memory_dataset", "maxmemory")):
         return f"{format_bytes(value)} ({int(value):,} B)"
     if key.endswith(("ratio", "share")):

@@ -1,0 +1,76 @@
+"""Remediation through papermill: shown first, applied only by id, audited.
+
+A batch run applies nothing unless started with ``-p apply <id>`` of a
+plan an earlier run showed; a plan the target no longer matches is not
+applied. Checked on the lab's pool exhaustion: the idle sessions of the
+API are the plan.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paracle_nb import run
+from paracle_nb.remediate import plans_from_notebook, read_audit
+from paracle_nb.sandbox.lab import Lab
+
+pytestmark = [pytest.mark.servers, pytest.mark.notebook]
+
+RUNBOOK = "database/connection-pool-exhausted"
+
+
+def _api_sessions(lab: Lab) -> set[int]:
+    with lab.postgres.admin_connect("paracle") as conn:
+        return {row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = "
+            "'paracle-api' AND backend_type = 'client backend'")}
+
+
+def _run(lab: Lab, artifacts: Path, **overrides: Any) -> run.RunResult:
+    result = run.run(RUNBOOK, lab.parameters_file,
+                     {"idle_older_than": "1s", **overrides}, artifacts=artifacts)
+    assert result.failed is None, result.failed
+    return result
+
+
+def _terminate_plan(result: run.RunResult) -> dict[str, Any]:
+    plans = plans_from_notebook(json.loads(result.notebook.read_text()))
+    [plan] = [p for p in plans if p["kind"] == "postgres.terminate_idle"]
+    return plan
+
+
+def test_a_batch_run_applies_only_the_plan_it_was_started_with(
+        lab: Lab, artifacts: Path) -> None:
+    with lab.incident("pool-exhausted"):
+        before = _api_sessions(lab)
+        shown = _run(lab, artifacts)
+        # The remediation cells ran and planned; nothing changed.
+        assert _api_sessions(lab) == before
+        plan = _terminate_plan(shown)
+        assert plan["applicable"] and plan["outcome"] == "not applied"
+        assert plan["changes"] >= 12
+        assert not (artifacts / "audit.jsonl").exists()
+
+        applied = _run(lab, artifacts, apply=plan["id"])
+        after = _api_sessions(lab)
+
+        assert _terminate_plan(applied)["outcome"] == "applied"
+        finding = applied.verdict.finding("remediation-applied")
+        assert finding is not None and finding.evidence["plan_id"] == plan["id"]
+        assert len(before - after) == plan["changes"]
+        [record] = read_audit(artifacts / "audit.jsonl")
+        assert record["plan_id"] == plan["id"] and record["outcome"] == "applied"
+        assert record["runbook"] == RUNBOOK
+        assert (applied.folder / "audit.jsonl").read_text().strip()
+        assert plan["id"] in applied.html.read_text()
+
+        # The same id again: those sessions are gone, so the plan now is
+        # another one, shown and not applied.
+        again = _run(lab, artifacts, apply=plan["id"])
+        assert again.verdict.finding("remediation-plan-changed") is not None
+        assert _api_sessions(lab) == after
+        assert len(read_audit(artifacts / "audit.jsonl")) == 1
