@@ -289,13 +289,26 @@ def _failure_finding(failed: Unavailable) -> Finding:
         cause = "target-unreachable"
     else:
         cause = "step-failed"
+    needs = _ROLE_HINTS.get(getattr(error, "target", None) or "", "") \
+        if cause == "forbidden" else ""
     return Finding(
         cause,
         Severity.WARNING,
-        f"Step '{failed.step}' could not run: {failed.reason}",
+        f"Step '{failed.step}' could not run: {failed.reason}{needs}",
         {"step": failed.step, "error": failed.reason},
         step=failed.step,
     )
+
+
+# Where a refused diagnosis step finds the access it needs.
+_ROLE_HINTS = {
+    "kubernetes": ". The read-only runbook role grants it: "
+                  "deploy/kubernetes/rbac-runbook-readonly.yaml.",
+    "postgres": ". The runbook role (pg_monitor) grants it: "
+                "deploy/postgres/roles.sql.",
+    "redis": ". The runbook's Redis user needs read commands (+info +client|list "
+             "+scan +memory|usage +config|get).",
+}
 
 
 #: Longest text shown in one table cell; the rest is cut, marked with "…".
