@@ -13,6 +13,7 @@ import html
 import logging
 import os
 import pathlib
+import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -120,6 +121,7 @@ class Target:
                 f"timeout_seconds must be above 0, got {self.timeout_seconds:g}")
         if self.kubeconfig:
             _check_kubeconfig(self.kubeconfig, self.kube_context)
+        _check_endpoints(self)
 
     def context_name(self) -> str | None:
         """Return the kube context in use: the given one or the current one."""
@@ -139,18 +141,37 @@ class Target:
             "cluster": _kube_server(self.kubeconfig, self.kube_context),
             "context": self.kube_context or "(kubeconfig default)",
             "namespace": self.namespace,
-            "postgres": _strip_credentials(self.postgres_dsn) or "-",
+            "postgres": _public_dsn(self.postgres_dsn),
             "redis": _strip_credentials(self.redis_url) or "-",
-            "prometheus": self.prometheus_url or "-",
+            "prometheus": _strip_credentials(self.prometheus_url) or "-",
+        }
+
+    def pointed_at(self) -> dict[str, str]:
+        """Return what a notebook shows at its top: where, never credentials.
+
+        Cluster, context, namespace, database (user, host, port, name),
+        Redis (host, port, db), Prometheus and the API.
+        """
+        context = self.kube_context or self.context_name()
+        return {
+            "cluster": _kube_server(self.kubeconfig, self.kube_context),
+            "context": context or "(none)",
+            "namespace": self.namespace,
+            "database": _database_label(self.postgres_dsn),
+            "Redis": _redis_label(self.redis_url),
+            "Prometheus": _strip_credentials(self.prometheus_url) or "-",
+            "API": _strip_credentials(self.api_url) or "-",
         }
 
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
             f"<td style='text-align:left'><code>{html.escape(v)}</code></td></tr>"
-            for k, v in self.describe().items()
+            for k, v in self.pointed_at().items()
         )
-        return f"<table><caption>Target</caption>{rows}</table>"
+        heading = (f"<b>Pointed at <code>{html.escape(self.environment)}</code></b>"
+                   " (credentials are never shown)")
+        return f"<div><p>{heading}</p><table>{rows}</table></div>"
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in self.describe().items())
@@ -222,9 +243,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
             pass
     if isinstance(value, kind) and not isinstance(value, bool):
         return value
-    raise ParameterError(
-        f"parameter {key!r} must be a {kind.__name__}, got {type(value).__name__}"
-    )
+    expected = "a number" if kind is float else f"a {kind.__name__}"
+    raise ParameterError(f"parameter {key!r} must be {expected}, got {value!r}")
 
 
 def _split_password(url: str | None) -> tuple[str | None, str | None]:
@@ -234,16 +254,61 @@ def _split_password(url: str | None) -> tuple[str | None, str | None]:
     parts = urlsplit(url)
     if parts.password is None:
         return url, None
+    try:
+        port = parts.port
+    except ValueError:
+        # Named without the URL: its password must not reach the message.
+        raise ParameterError(
+            f"a URL for host {parts.hostname!r} has a port that is not a "
+            "number from 0 to 65535") from None
     netloc = parts.hostname or ""
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    if port:
+        netloc = f"{netloc}:{port}"
     return urlunsplit(parts._replace(netloc=netloc)), parts.password
 
 
 def _strip_credentials(url: str | None) -> str | None:
     return _split_password(url)[0]
+
+
+def _public_dsn(dsn: str | None) -> str:
+    """Return a DSN without its password; a key=value one as its label."""
+    if dsn and "://" not in dsn:
+        return _database_label(dsn)
+    return _strip_credentials(dsn) or "-"
+
+
+def _database_label(dsn: str | None) -> str:
+    """Return ``user@host:port/dbname`` of a DSN, in URL or key=value form."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not dsn:
+        return "-"
+    try:
+        parts = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        return "(unreadable postgres_dsn)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    name = f"/{parts['dbname']}" if parts.get("dbname") else ""
+    return f"{user}{parts.get('host') or 'localhost'}{port}{name}"
+
+
+def _redis_label(url: str | None) -> str:
+    """Return ``host:port/db`` of a Redis URL, with rediss:// kept visible."""
+    if not url:
+        return "-"
+    parts = urlsplit(url)
+    scheme = "rediss://" if parts.scheme == "rediss" else ""
+    user = f"{parts.username}@" if parts.username else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unreadable redis_url)"
+    return f"{scheme}{user}{parts.hostname or '?'}{port}{parts.path or ''}"
 
 
 def _read_secret(path: str | None, env: str, fallback: str | None) -> Secret | None:
@@ -289,3 +354,51 @@ def _check_kubeconfig(path: str, context: str | None) -> None:
         raise ParameterError(
             f"context {wanted!r} is not in kubeconfig {file}; it has: "
             f"{', '.join(map(str, names)) or 'none'}")
+
+
+# A namespace name as Kubernetes accepts it (an RFC 1123 label).
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _check_endpoints(target: Target) -> None:
+    """Refuse a namespace or endpoint no client could use, naming the key."""
+    if not _NAMESPACE.fullmatch(target.namespace):
+        raise ParameterError(
+            f"namespace {target.namespace!r} is not a valid Kubernetes namespace "
+            "name (lowercase letters, digits and '-', at most 63)")
+    for key in ("prometheus_url", "api_url"):
+        _check_url(key, getattr(target, key), ("http", "https"))
+    _check_url("redis_url", target.redis_url, ("redis", "rediss", "unix"))
+    if target.postgres_dsn:
+        _check_dsn(target.postgres_dsn)
+
+
+def _check_url(key: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ParameterError(f"{key} {_strip_credentials(url)!r} is not a valid "
+                             f"URL: {exc}") from None
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ParameterError(
+            f"{key} {_strip_credentials(url)!r} must be a URL starting with "
+            f"{' or '.join(s + '://' for s in schemes)}")
+
+
+def _check_dsn(dsn: str) -> None:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ParameterError(
+            f"postgres_dsn {_strip_credentials(dsn)!r} is not a valid connection "
+            f"string or postgresql:// URL ({said})") from None
+    port = str(parts.get("port") or "")
+    if port and not all(p.strip().isdigit() for p in port.split(",")):
+        raise ParameterError(f"postgres_dsn has port {port!r}; a port is a number")

@@ -1,0 +1,88 @@
+"""A runbook stepped through in JupyterLab, in a real headless Chromium.
+
+The lab holds every Postgres slot (the pool-exhausted incident); JupyterLab
+runs on 127.0.0.1 over a copy of the notebooks (whatever the UI saves stays
+out of the checkout), and the runbook finds its target the way `make lab`
+sets it up: ``environment = "sandbox"`` and a parameters folder.
+"""
+
+import pathlib
+import shutil
+
+import pytest
+from browser import browser_page
+
+from paracle_nb.jupyter import JupyterLab
+
+pytestmark = [pytest.mark.servers, pytest.mark.browser]
+
+REPO = pathlib.Path(__file__).parent.parent
+RUNBOOK = "database/connection-pool-exhausted.ipynb"
+SCREENSHOTS = REPO / "artifacts" / "test-screenshots"
+
+# JupyterLab's own markup: a run queued or running shows "[*]" as its prompt;
+# the status bar names the kernel (our spec's name) and its state.
+KERNEL_IDLE = "text=Python 3 (paracle-nb) | Idle"
+CODE_PROMPTS = ".jp-Notebook .jp-CodeCell .jp-InputPrompt"
+OUTPUTS = ".jp-Notebook .jp-OutputArea-output"
+# A traceback, like anything written to stderr, renders with this type.
+ERROR_OUTPUTS = f"{OUTPUTS}[data-mime-type='application/vnd.jupyter.stderr']"
+
+
+def _jupyterlab(lab, tmp_path):
+    root = tmp_path / "notebooks"
+    shutil.copytree(REPO / "notebooks", root)
+    lab.write_parameters(tmp_path / "parameters" / "sandbox.yaml")
+    return JupyterLab(root, state_dir=tmp_path / "jupyter", env={
+        "PARACLE_NB_PARAMETERS": str(tmp_path / "parameters"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings")})
+
+
+def _run_all_cells(page):
+    """Run > Run All Cells, clicked as an engineer would."""
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+
+def _all_cells_ran(page, count: int) -> None:
+    """Wait until every code cell has an execution count and the kernel idles."""
+    page.wait_for_function(
+        """([selector, count]) => {
+            const prompts = [...document.querySelectorAll(selector)];
+            return prompts.length === count
+                && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+        }""", arg=[CODE_PROMPTS, count], timeout=120_000)
+    page.wait_for_selector(KERNEL_IDLE, timeout=60_000)
+
+
+def test_pool_runbook_runs_in_jupyterlab_and_shows_its_verdict(lab, tmp_path):
+    original = (REPO / "notebooks" / RUNBOOK).read_bytes()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshot = SCREENSHOTS / "connection-pool-exhausted.png"
+
+    with lab.incident("pool-exhausted"), _jupyterlab(lab, tmp_path) as jupyter, \
+            browser_page() as page:
+        page.goto(jupyter.open_url(RUNBOOK))
+        page.wait_for_selector(KERNEL_IDLE, timeout=60_000)
+        cells = page.locator(CODE_PROMPTS).count()
+
+        _run_all_cells(page)
+        _all_cells_ran(page, cells)
+
+        target = page.locator(OUTPUTS, has_text="Pointed at").first
+        verdict = page.locator(OUTPUTS, has_text="Verdict").first
+        plot = page.locator(f"{OUTPUTS} img[alt='postgres connections']")
+        # text_content: JupyterLab skips rendering cells out of view.
+        target_text, verdict_text = target.text_content(), verdict.text_content()
+        plot.scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshot))
+        plots, errors = plot.count(), page.locator(ERROR_OUTPUTS).count()
+
+    assert "127.0.0.1" in target_text and "paracle-prod" in target_text
+    assert lab.postgres.password("paracle_sre") not in target_text
+    assert "CRITICAL connection-pool-exhausted" in verdict_text
+    assert "37 of 40 connections in use" in verdict_text
+    assert plots == 1
+    assert errors == 0
+    assert screenshot.stat().st_size > 10_000
+    assert (REPO / "notebooks" / RUNBOOK).read_bytes() == original
