@@ -1,10 +1,15 @@
-"""Remediation for 500 errors and LLM provider errors: planned, never applied.
+"""Remediation for 500 errors and LLM provider errors.
 
 For a 500: a patched image, an image rebuilt with the missing dependency
 (the guide's docker commands, shown only), or the ConfigMap key fixed and
 the pods restarted. For LLM errors: ``LLM_RATE_LIMIT``, a healthy
 ``DEFAULT_LLM_PROVIDER`` and ``FALLBACK_PROVIDERS``, and a new API key put
-in the Secret from a prompt, never from the command line.
+in the Secret from a file or an environment variable, or from a prompt,
+never from the command line.
+
+Plans whose change is a patch (image, env, ConfigMap key, Secret key) can
+be applied (:mod:`paracle_nb.actions_kubernetes`); a plan that still holds
+a placeholder, or a rebuild, is applied by hand.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ from typing import Any
 
 from paracle_nb import kube
 from paracle_nb.actions import Plan, Plans, _frame, plan_set_env
+from paracle_nb.actions_kubernetes import (
+    edits_plan,
+    restart_edit,
+    set_image,
+    update_secret_key,
+)
+from paracle_nb.kube_patch import ABSENT, MERGE, Edit, read_object
 from paracle_nb.target import Target
 
 PLACEHOLDER = "<a valid value>"
@@ -70,15 +82,19 @@ def plan_set_image(target: Target, deployment: str, container: str,
     """Plan deploying a patched image (default: the next patch version)."""
     before = current_image(target, deployment, container)
     after = image or next_patch_image(before)
+    notes = ["Only once the patched image fixes the traceback's innermost frame "
+             "(or handles the error there); check it on staging first.",
+             "Starts a rolling update; roll back with: kubectl rollout undo "
+             f"deployment/{deployment} -n {target.namespace}"]
+    if not after.endswith(":<patched-tag>"):
+        plan = set_image(target, deployment, container, after)
+        plan.notes = notes
+        return plan
     changes = _frame([{"object": f"deployment/{deployment}",
                        "field": f"containers[{container}].image",
                        "before": before, "after": after}],
                      ["object", "field", "before", "after"])
     command = _set_image_command(target, deployment, container, after)
-    notes = ["Only once the patched image fixes the traceback's innermost frame "
-             "(or handles the error there); check it on staging first.",
-             "Starts a rolling update; roll back with: kubectl rollout undo "
-             f"deployment/{deployment} -n {target.namespace}"]
     return Plan(f"deploy a patched image to {deployment}/{container}", changes,
                 command, notes)
 
@@ -128,15 +144,13 @@ def plan_fix_setting(target: Target, evidence: dict[str, Any], deployment: str,
     if source.startswith("deployment/"):
         plan = plan_set_env(target, deployment, container, {key: after})
         if not new_value:
+            plan.executor = None  # a placeholder is never applied
             plan.notes.append(f"Replace {PLACEHOLDER} with the right value "
                               "before running the command.")
         return plan
 
     configmap = source.split("/", 1)[1] if source.startswith("configmap/") \
         else "paracle-config"
-    changes = _frame([{"object": f"configmap/{configmap}", "key": key,
-                       "before": evidence.get("value", "(missing)"),
-                       "after": after}], ["object", "key", "before", "after"])
     patch = json.dumps({"data": {key: after}}, separators=(",", ":"))
     command = "\n".join([
         shlex.join(["kubectl", "patch", "configmap", configmap, "-n",
@@ -146,11 +160,41 @@ def plan_fix_setting(target: Target, evidence: dict[str, Any], deployment: str,
     notes = [f"The API failed with: {evidence.get('message', '')}",
              "The restart makes the pods read the fixed ConfigMap; it is a "
              "rolling restart."]
-    if not new_value:
-        notes.insert(0, f"Replace {PLACEHOLDER} with the right value for {key} "
-                        "before running the command.")
-    return Plan(f"fix {key} in configmap/{configmap}, then restart {deployment}",
-                changes, command, notes)
+    title = f"fix {key} in configmap/{configmap}, then restart {deployment}"
+    if new_value:
+        return _configmap_key_plan(target, evidence, configmap, deployment,
+                                   new_value, title, command, notes)
+    notes.insert(0, f"Replace {PLACEHOLDER} with the right value for {key} "
+                    "before running the command.")
+    changes = _frame([{"object": f"configmap/{configmap}", "key": key,
+                       "before": evidence.get("value", "(missing)"),
+                       "after": after}], ["object", "key", "before", "after"])
+    return Plan(title, changes, command, notes)
+
+
+def _configmap_key_plan(target: Target, evidence: dict[str, Any], configmap: str,
+                        deployment: str, value: str, title: str, command: str,
+                        notes: list[str]) -> Plan:
+    """Return the applicable plan: one ConfigMap key set, then a restart."""
+    key = evidence["key"]
+    field = f"data.{key}"
+
+    def read(obj: dict[str, Any]) -> dict[str, Any]:
+        return {field: (obj.get("data") or {}).get(key, ABSENT)}
+
+    def replan() -> Plan:
+        live = read(read_object(target, "configmap", configmap))[field]
+        return plan_fix_setting(target, {**evidence, "value": live}, deployment,
+                                "", value)
+
+    shown = evidence.get("value")
+    edits = [Edit("configmap", configmap, read, {field: ABSENT if shown is None
+                                                 else shown},
+                  {field: value}, lambda _: {"data": {key: value}}, MERGE),
+             restart_edit(deployment, before="(started with the old value)")]
+    return edits_plan(target, title, edits, command, notes,
+                      kind="kubernetes.configmap_key", replan=replan,
+                      rollout=deployment)
 
 
 # -- OpenAI/Anthropic API errors ------------------------------------------------
@@ -160,12 +204,14 @@ LLM_CAUSES = ("llm-rate-limited", "llm-invalid-key", "llm-provider-outage")
 
 def plan_llm_fixes(target: Target, verdict: Any, settings: Any, *,
                    deployment: str, container: str, rate_limit: str = "50",
-                   secret: str = "paracle-secrets") -> Plans:
+                   secret: str = "paracle-secrets", new_key_file: str = "",
+                   new_key_env: str = "") -> Plans:
     """Return the guide's fixes for the LLM causes in the verdict.
 
     One env plan (a single rolling update) gathers ``LLM_RATE_LIMIT``, the
     switch of ``DEFAULT_LLM_PROVIDER`` to a provider that shows no errors
-    and ``FALLBACK_PROVIDERS``; a key plan per provider with an invalid key.
+    and ``FALLBACK_PROVIDERS``; a key plan per provider with an invalid key,
+    applicable when ``new_key_file`` or ``new_key_env`` holds the new key.
     """
     plans = Plans()
     findings = [f for f in verdict.ordered() if f.cause in LLM_CAUSES]
@@ -177,8 +223,9 @@ def plan_llm_fixes(target: Target, verdict: Any, settings: Any, *,
         plans.append(plan_set_env(target, deployment, container, env))
     for finding in findings:
         if finding.cause == "llm-invalid-key":
-            plans.append(plan_update_api_key(target, finding.evidence, secret,
-                                             deployment))
+            plans.append(plan_update_api_key(
+                target, finding.evidence, secret, deployment,
+                new_key_file=new_key_file, new_key_env=new_key_env))
     return plans
 
 
@@ -208,13 +255,20 @@ def llm_env_changes(findings: list[Any], settings: dict[str, Any],
 
 
 def plan_update_api_key(target: Target, evidence: dict[str, Any], secret: str,
-                        deployment: str) -> Plan:
+                        deployment: str, *, new_key_file: str = "",
+                        new_key_env: str = "") -> Plan:
     """Plan putting a new API key in the Secret, then restarting the API.
 
-    The key is read at a prompt into a patch file only the user can read;
-    it never appears on a command line, in the shell history or here.
+    With ``new_key_file`` or ``new_key_env`` (a file, or the name of an
+    environment variable, holding the new key) the plan can be applied and
+    shows the new key's fingerprint. Without, the key is read at a prompt
+    into a patch file only the user can read. Either way it never appears
+    on a command line, in the shell history or here.
     """
     key = evidence.get("secret_key") or "<KEY_NAME>"
+    if (new_key_file or new_key_env) and evidence.get("secret_key"):
+        return update_secret_key(target, secret, key, deployment,
+                                 value_file=new_key_file, value_env=new_key_env)
     changes = _frame([{"object": f"secret/{secret}", "key": key,
                        "before": f"sha256:{evidence.get('key_fingerprint')}",
                        "after": "(the new key, read at the prompt)"}],

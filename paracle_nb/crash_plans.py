@@ -8,13 +8,19 @@ appear; a Secret's value is named by its key and its fingerprint.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from typing import Any
 
 from paracle_nb import kube, kube_config
 from paracle_nb.actions import Plan, Plans, _frame, plan_memory_limit
-from paracle_nb.secrets import fingerprint
+from paracle_nb.actions_kubernetes import (
+    edits_plan,
+    new_secret_value,
+    restart_edit,
+    secret_key_edit,
+    secret_key_shown,
+)
+from paracle_nb.kube_patch import read_object
 from paracle_nb.target import Target
 
 
@@ -46,23 +52,16 @@ def plan_database_url(target: Target, evidence: dict[str, Any], deployment: str,
     """Plan correcting DATABASE_URL in its Secret, then restarting the pods.
 
     Shows the Secret's name and key and the value's fingerprint before and
-    after (after only when ``new_url_file`` holds the corrected URL).
+    after (after only when ``new_url_file`` holds the corrected URL). With
+    that file the plan can be applied: applying reads the Secret again
+    and patches the one key only if it still has the fingerprint shown.
     """
     variable = evidence.get("attempt_variable") or "DATABASE_URL"
     secret = evidence.get("attempt_secret") or "paracle-secrets"
     key = evidence.get("attempt_key") or variable
     before = evidence.get("attempt_secret_fingerprint")
-    after = "(the corrected URL)"
-    if new_url_file:
-        with open(os.path.expanduser(new_url_file), encoding="utf-8") as handle:
-            after = f"sha256:{fingerprint(handle.read().strip())}"
+    shown_before = f"sha256:{before}" if before else "?"
 
-    changes = _frame([
-        {"object": f"secret/{secret}", "field": f"data.{key}",
-         "before": f"sha256:{before}" if before else "?", "after": after},
-        {"object": f"deployment/{deployment}", "field": "pods",
-         "before": "started with the old value", "after": "restarted"},
-    ], ["object", "field", "before", "after"])
     ns = shlex.quote(target.namespace)
     command = (
         f"read -rs NEW_{variable}   # paste the corrected URL; not echoed\n"
@@ -77,9 +76,35 @@ def plan_database_url(target: Target, evidence: dict[str, Any], deployment: str,
     if evidence.get("attempt_source") and not evidence.get("attempt_secret"):
         notes.append(f"The pods get {variable} from {evidence['attempt_source']}, "
                      f"not a Secret: move it into secret {secret} first.")
-    return Plan(f"correct {key} in secret {secret}", changes, command, notes)
+    title = f"correct {key} in secret {secret}"
+    if not new_url_file:
+        changes = _frame([
+            {"object": f"secret/{secret}", "field": f"data.{key}",
+             "before": shown_before, "after": "(the corrected URL)"},
+            {"object": f"deployment/{deployment}", "field": "pods",
+             "before": "started with the old value", "after": "restarted"},
+        ], ["object", "field", "before", "after"])
+        return Plan(title, changes, command, notes)
+
+    edits = [secret_key_edit(secret, key, shown_before,
+                             new_secret_value(value_file=new_url_file)),
+             restart_edit(deployment, before="(started with the old value)")]
+
+    def replan() -> Plan:
+        live = read_object(target, "secret", secret)
+        fresh = secret_key_shown(live, key).removeprefix("sha256:")
+        return plan_database_url(target, {**evidence,
+                                          "attempt_secret_fingerprint": fresh},
+                                 deployment, new_url_file)
+
+    return edits_plan(target, title, edits, command, notes,
+                      kind="kubernetes.database_url", replan=replan,
+                      rollout=deployment)
 
 
+# Known shortcoming: this plan is applied by hand even when every missing
+# variable is found in a referenced Secret or ConfigMap; set_env in
+# actions_kubernetes takes valueFrom entries and could apply that case.
 def plan_missing_env(target: Target, deployment: str, container: str,
                      missing: list[str]) -> Plan:
     """Plan adding missing env vars, from a Secret key of that name if any.

@@ -81,6 +81,10 @@ def _call(target: Target, what: str, method: Callable[..., Any], *args: Any,
                             target="kubernetes") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+            # Connected, then no answer: a stalled server, not a missing one.
+            raise TargetTimeout(f"{what}: no answer within {timeout:g}s",
+                                target="kubernetes") from None
         raise TargetUnreachable(f"{what}: API server unreachable ({reason})",
                                 target="kubernetes") from None
 
@@ -171,6 +175,8 @@ def pod_events(target: Target, pods: Any = None) -> pd.DataFrame:
 
     if hasattr(pods, "columns"):
         pods = list(pods["pod"])
+    # A set: namespaces hold thousands of pods and tens of thousands of events.
+    wanted = None if pods is None else set(pods)
 
     body = _call(target, f"list events in {target.namespace}",
                  _core(target).list_namespaced_event, target.namespace,
@@ -178,7 +184,7 @@ def pod_events(target: Target, pods: Any = None) -> pd.DataFrame:
     rows = []
     for event in body.get("items", []):
         involved = event.get("involvedObject", {})
-        if pods is not None and involved.get("name") not in pods:
+        if wanted is not None and involved.get("name") not in wanted:
             continue
         rows.append({
             "last_seen": _timestamp(event.get("lastTimestamp")
@@ -329,6 +335,7 @@ _LISTS = {
     "services": ("core", "list_namespaced_service"),
     "endpoints": ("core", "list_namespaced_endpoints"),
     "configmaps": ("core", "list_namespaced_config_map"),
+    "secrets": ("core", "list_namespaced_secret"),
     "deployments": ("apps", "list_namespaced_deployment"),
     "replicasets": ("apps", "list_namespaced_replica_set"),
     "statefulsets": ("apps", "list_namespaced_stateful_set"),

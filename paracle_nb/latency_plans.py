@@ -1,19 +1,20 @@
 """Remediation for high API latency: the guide's fix for each cause found.
 
-Plans only, like every plan of :mod:`paracle_nb.actions`: an index built
+Each plan shows what would change before anything does: an index built
 concurrently on the columns the slow statement filters, a longer
 ``LLM_TIMEOUT`` or another provider, cache keys deleted by pattern (never
-``FLUSHDB``) and more Redis memory, more replicas and a ``RATE_LIMIT``.
+``FLUSHDB``) and more Redis memory, more replicas and a ``RATE_LIMIT``. The
+env and replica plans are patches that can be applied
+(:mod:`paracle_nb.actions_kubernetes`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from typing import Any
 
 from paracle_nb import kube, postgres, postgres_queries
-from paracle_nb.actions import Plan, Plans, _frame, plan_set_env
+from paracle_nb.actions import Plan, Plans, plan_set_env
 from paracle_nb.actions_database import plan_create_index
 from paracle_nb.actions_redis import plan_delete_by_pattern, plan_maxmemory
 from paracle_nb.errors import ParacleError
@@ -96,19 +97,16 @@ def replicas_for(verdict: Any, new_replicas: int = 0) -> int | None:
 
 def plan_scale_replicas(target: Target, deployment: str, replicas: int | None
                         ) -> Plan:
-    """Plan scaling a deployment to ``replicas`` (None: one more than now)."""
+    """Plan scaling a deployment to ``replicas`` (None: one more than now).
+
+    Never fewer than today: a plan against high latency does not scale down.
+    """
+    from paracle_nb.actions_kubernetes import scale_replicas
+
     spec = kube.get_deployment(target, deployment)
     before = int(spec["spec"].get("replicas") or 0)
-    after = max(int(replicas or before + 1), before)
-    changes = _frame([{"object": f"deployment/{deployment}", "field": "replicas",
-                       "before": before, "after": after}],
-                     ["object", "field", "before", "after"])
-    command = shlex.join(["kubectl", "scale", f"deployment/{deployment}",
-                          f"--replicas={after}", "-n", target.namespace])
-    notes = ["Each replica opens its own database pool: check that replicas x "
-             "(DB_POOL_SIZE + DB_MAX_OVERFLOW) stays under max_connections.",
-             "New pods need room on the nodes; check allocatable first.",
-             "If the load is abusive rather than real, a lower RATE_LIMIT is the "
-             "other fix."]
-    return Plan(f"scale {deployment} from {before} to {after} replicas", changes,
-                command, notes)
+    plan = scale_replicas(target, deployment,
+                          max(int(replicas or before + 1), before))
+    plan.notes.append("If the load is abusive rather than real, a lower "
+                      "RATE_LIMIT is the other fix.")
+    return plan

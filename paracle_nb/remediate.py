@@ -115,7 +115,13 @@ def apply_plan(plan: Plan, *, confirm: str | None = None,
     if refusal is not None:
         return refusal
 
-    fresh = plan.replan() if plan.replan is not None else plan
+    try:
+        fresh = plan.replan() if plan.replan is not None else plan
+    except ParacleError as exc:  # the target went away since the plan was made
+        return _audited(plan, _outcome(
+            plan, "failed", Severity.CRITICAL,
+            f"Plan {plan_id} not applied: could not read the target again "
+            f"to check the plan still holds: {exc}", None))
     if fresh.id != plan_id:
         result = _outcome(plan, "changed", Severity.WARNING,
                           f"The target changed since plan {plan_id} was shown; "

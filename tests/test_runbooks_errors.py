@@ -6,9 +6,9 @@ settings refuse), logs each failure with its Python traceback and answers
 500, under a paced load that Prometheus scrapes.
 """
 
-import json
 
 import pytest
+from outputs import plans_html
 
 from paracle_nb import run
 from paracle_nb.sandbox import error_incidents
@@ -35,11 +35,6 @@ def _run(lab, tmp_path):
     return result
 
 
-def _plans_html(result):
-    notebook = json.loads(result.notebook.read_text())
-    outputs = notebook["cells"][-1]["outputs"]
-    return "".join("".join(o.get("data", {}).get("text/html", ""))
-                   for o in outputs)
 
 
 def _assert_artifact(result, lab):
@@ -67,7 +62,7 @@ def test_healthy_lab_has_no_500s(lab, tmp_path):
 
     assert not result.verdict.problem, result.verdict.to_dict()
     assert not {f.cause for f in result.verdict.findings} & CAUSES
-    assert "No cause found that a plan would fix" in _plans_html(result)
+    assert "No cause found that a plan would fix" in plans_html(result)
     _assert_artifact(result, lab)
 
 
@@ -82,7 +77,7 @@ def test_unhandled_exception_is_named(lab, tmp_path):
         "/app/paracle/agents/runner.py:18 in build_request"
     assert evidence["message"] == "'max_tokens'" and evidence["count"] > 0
     assert evidence["pods"].startswith("paracle-api-")
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "kubectl --context paracle-sandbox set image deployment/paracle-api " \
            "api=registry.example.invalid/paracle-api:v1.0.4" in plans
     _assert_artifact(result, lab)
@@ -98,7 +93,7 @@ def test_missing_dependency_is_named(lab, tmp_path):
     assert evidence["where"] == incident.details["where"] == \
         "/app/paracle/llm/providers.py:11 in anthropic_client"
     assert evidence["count"] > 0
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "docker build --tag registry.example.invalid/paracle-api:v1.0.4 ." \
         in plans
     assert "docker push registry.example.invalid/paracle-api:v1.0.4" in plans
@@ -117,7 +112,7 @@ def test_configuration_error_is_traced_to_the_configmap_key(lab, tmp_path):
         ("LLM_TIMEOUT", "sixty", "configmap/paracle-config")
     assert evidence["where"] == incident.details["where"]
     assert evidence["count"] > 0
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "kubectl --context paracle-sandbox patch configmap paracle-config" \
         in plans
     assert "LLM_TIMEOUT" in plans and "sixty" in plans and "&lt;a valid value&gt;" \

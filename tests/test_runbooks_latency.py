@@ -11,6 +11,7 @@ import math
 import re
 
 import pytest
+from outputs import plans_html
 
 from paracle_nb import run
 from paracle_nb.sandbox import latency_incidents
@@ -53,12 +54,6 @@ def _assert_artifact(result, lab):
         assert secret.encode() not in written
 
 
-def _plans_html(result):
-    """Return what the remediation cell (the notebook's last) displayed."""
-    notebook = json.loads(result.notebook.read_text())
-    outputs = notebook["cells"][-1]["outputs"]
-    return "".join("".join(o.get("data", {}).get("text/html", ""))
-                   for o in outputs)
 
 
 def _high_latency(result):
@@ -123,7 +118,7 @@ def test_slow_redis_is_named(lab, tmp_path):
     # Two clients take turns sleeping 250 ms in Redis: a PING waits for them.
     assert evidence["median_ms"] >= incident.details["sleep_s"] * 1000 / 2
     assert evidence["samples"] == 5 and evidence["threshold_ms"] == 50.0
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "SCAN 0 MATCH cache:*" in plans and "CONFIG SET maxmemory 64mb" in plans
     assert set(re.findall(r"\w+ FLUSHDB", plans)) == {"never FLUSHDB"}
     _assert_artifact(result, lab)

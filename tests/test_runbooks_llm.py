@@ -6,9 +6,9 @@ under a paced load and logs each failed call, as the API does.
 """
 
 import base64
-import json
 
 import pytest
+from outputs import plans_html
 
 from paracle_nb import run
 from paracle_nb.sandbox import error_incidents
@@ -39,11 +39,6 @@ def _secret_key(lab, name):
     return base64.b64decode(secret["data"][name]).decode()
 
 
-def _plans_html(result):
-    notebook = json.loads(result.notebook.read_text())
-    outputs = notebook["cells"][-1]["outputs"]
-    return "".join("".join(o.get("data", {}).get("text/html", ""))
-                   for o in outputs)
 
 
 def _written(result):
@@ -73,7 +68,7 @@ def test_healthy_lab_has_no_provider_errors(lab, tmp_path):
     assert not result.verdict.problem, result.verdict.to_dict()
     assert not {f.cause for f in result.verdict.findings} & CAUSES
     assert "No status page URL given: not read" in result.html.read_text()
-    assert "No cause found that a plan would fix" in _plans_html(result)
+    assert "No cause found that a plan would fix" in plans_html(result)
     _assert_keys_not_written(result, lab)
 
 
@@ -93,7 +88,7 @@ def test_rate_limit_is_named(lab, tmp_path):
 
     evidence = _only(result, "llm-rate-limited", incident.details["provider"])
     assert evidence["example_error"] == "Rate limit exceeded"
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "set env deployment/paracle-api -c api LLM_RATE_LIMIT=50 " \
            "DEFAULT_LLM_PROVIDER=anthropic FALLBACK_PROVIDERS=anthropic,openai" \
         in plans
@@ -112,7 +107,7 @@ def test_invalid_key_is_named_by_fingerprint(lab, tmp_path):
     assert evidence["key_fingerprint"] == fingerprint(revoked) == \
         incident.details["key_fingerprint"]
     assert evidence["key_shape"] == f"sk-… ({len(revoked)} chars)"
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "read -rsp" in plans and "--patch-file=" in plans
     assert "rollout restart deployment/paracle-api" in plans
     assert f"sha256:{fingerprint(revoked)}" in plans
@@ -131,7 +126,7 @@ def test_outage_is_named_with_the_status_page(lab, tmp_path):
     indicators = {p["url"]: p["indicator"] for p in evidence["status_pages"]}
     assert indicators[f"{lab.live.providers['openai'].url}{STATUS_PATH}"] == "major"
     assert indicators[f"{lab.live.providers['anthropic'].url}{STATUS_PATH}"] == "none"
-    plans = _plans_html(result)
+    plans = plans_html(result)
     assert "DEFAULT_LLM_PROVIDER=anthropic FALLBACK_PROVIDERS=anthropic,openai" \
         in plans
     assert "LLM_RATE_LIMIT" not in plans

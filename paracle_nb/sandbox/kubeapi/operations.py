@@ -9,6 +9,8 @@ from __future__ import annotations
 import builtins
 import copy
 import json
+import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +29,17 @@ from .status import ApiError, bad_request, not_found
 from .store import ObjectStore
 from .tables import partial_list, to_table
 from .timeutil import utcnow
-from .workloads import SCALABLE_KINDS, rescale, scale_of, settle_rollout
+from .workloads import (
+    SCALABLE_KINDS,
+    rescale,
+    scale_of,
+    settle_rollout,
+    start_rollout,
+)
 
 Obj = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -307,7 +317,7 @@ class ResourceOperations:
                 new = {k: v for k, v in new.items() if k != "status"}
                 if "status" in current:
                     new["status"] = current["status"]
-            return _after_spec_change(current, new)
+            return self._after_spec_change(target, current, new)
 
         return Reply(200, self._update(target, change))
 
@@ -334,24 +344,51 @@ class ResourceOperations:
             wanted = (scale.get("metadata") or {}).get("resourceVersion")
             if wanted:
                 new["metadata"]["resourceVersion"] = wanted
-            return _after_spec_change(current, new)
+            return self._after_spec_change(target, current, new)
 
         return Reply(200, scale_of(self._update(target, change)))
+
+    def _after_spec_change(self, target: ResourcePath, current: Obj, new: Obj) -> Obj:
+        """Start a workload's rollout when its spec changed; settle it as paced.
+
+        The store's ``rollout_delay`` says when: 0 at once, a number of
+        seconds later (the rollout stays in progress until then), or, with
+        ``None``, never.
+        """
+        kind = current.get("kind")
+        if kind not in SCALABLE_KINDS or new.get("spec") == current.get("spec"):
+            return new
+        new["kind"] = kind
+        metadata = new.setdefault("metadata", {})
+        generation = int(current["metadata"].get("generation", 1)) + 1
+        metadata["generation"] = generation
+
+        delay = self.store.rollout_delay
+        if delay == 0:
+            return settle_rollout(new)
+        if delay is not None:
+            timer = threading.Timer(delay, self._settle_later,
+                                    (target, generation))
+            timer.daemon = True
+            timer.start()
+        return start_rollout(new)
+
+    def _settle_later(self, target: ResourcePath, generation: int) -> None:
+        """Complete a paced rollout, unless a newer spec change came since."""
+
+        def settle(current: Obj) -> Obj:
+            if current["metadata"].get("generation") != generation:
+                return current
+            return settle_rollout(current)
+
+        try:
+            self._update(target, settle)
+        except ApiError:  # the object is gone, e.g. another scenario loaded
+            log.debug("rollout of %s not settled: object gone", target.name)
 
     def _update(self, target: ResourcePath, change: Callable[[Obj], Obj]) -> Obj:
         assert target.name is not None
         return self.store.update(target.resource, target.namespace, target.name, change)
-
-
-def _after_spec_change(current: Obj, new: Obj) -> Obj:
-    """Settle a workload's rollout when its spec changed, as if done at once."""
-    kind = current.get("kind")
-    if kind not in SCALABLE_KINDS or new.get("spec") == current.get("spec"):
-        return new
-    new["kind"] = kind
-    metadata = new.setdefault("metadata", {})
-    metadata["generation"] = int(current["metadata"].get("generation", 1)) + 1
-    return settle_rollout(new)
 
 
 def apply_patch(current: Obj, content_type: str | None, patch: Any) -> Obj:

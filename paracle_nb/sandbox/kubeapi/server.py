@@ -168,7 +168,17 @@ class KubeAPIServer(procs.LabServer):
         ``source`` is the name of a shipped scenario (``"healthy"``), a path
         to a YAML file, or a mapping of the same shape.
         """
+        self.store.rollout_delay = 0.0
         return load_scenario(self.store, source)
+
+    def pace_rollouts(self, delay: float | None) -> None:
+        """Make rollouts complete ``delay`` seconds after a spec change.
+
+        0 (what :meth:`load_scenario` sets) completes them at once; ``None``
+        leaves them stuck in progress, as a rollout whose new pods never get
+        ready.
+        """
+        self.store.rollout_delay = delay
 
     def write_kubeconfig(
         self,

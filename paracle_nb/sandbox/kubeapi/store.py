@@ -75,6 +75,8 @@ class ObjectStore:
         self._changes: deque[Change] = deque(maxlen=_CHANGES_KEPT)
         self._revision = 0
         self._forgotten = 0  # changes up to this revision are gone from the feed
+        # Seconds a workload's rollout takes after a spec change; None: forever.
+        self.rollout_delay: float | None = 0.0
 
     # -- resources ---------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""What the lab does instead of running controllers: settle a rollout at once.
+"""What the lab does instead of running controllers: settle a rollout.
 
 The lab keeps pods exactly as the scenario wrote them. Only a workload's own
 status moves: after its spec changes through the API, it reports the rollout
-as complete, so ``kubectl rollout status`` and ``kubectl scale`` finish.
+as complete, so ``kubectl rollout status`` and ``kubectl scale`` finish. The
+store's ``rollout_delay`` can slow that down: the status first shows the new
+generation observed and no replica updated, and catches up after the delay,
+or never (``None``), for a rollout that hangs.
 """
 
 from __future__ import annotations
@@ -68,6 +71,27 @@ def settle_rollout(obj: Obj) -> Obj:
             f'ReplicaSet "{name}" has successfully progressed.',
         ),
     ]
+    return obj
+
+
+# Known shortcoming: a rollout held forever never turns its Progressing
+# condition to ProgressDeadlineExceeded, as a real controller does after
+# progressDeadlineSeconds; clients see it only as not complete.
+def start_rollout(obj: Obj) -> Obj:
+    """Return ``obj`` with its status showing a rollout begun: none updated yet."""
+    if obj.get("kind") not in SCALABLE_KINDS:
+        return obj
+
+    name = obj["metadata"]["name"]
+    status = obj.setdefault("status", {})
+    status["observedGeneration"] = obj["metadata"].get("generation", 1)
+    status["updatedReplicas"] = 0
+    if obj.get("kind") == "Deployment":
+        kept = [c for c in status.get("conditions") or []
+                if c.get("type") != "Progressing"]
+        status["conditions"] = [*kept, _condition(
+            "Progressing", "ReplicaSetUpdated",
+            f'ReplicaSet "{name}" is progressing.')]
     return obj
 
 
