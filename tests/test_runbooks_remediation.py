@@ -74,3 +74,66 @@ def test_a_batch_run_applies_only_the_plan_it_was_started_with(
         assert again.verdict.finding("remediation-plan-changed") is not None
         assert _api_sessions(lab) == after
         assert len(read_audit(artifacts / "audit.jsonl")) == 1
+
+
+def _deployment(lab: Lab) -> dict[str, Any]:
+    from paracle_nb.sandbox.lab import NAMESPACE
+
+    return json.loads(json.dumps(lab.kube.store.get("Deployment", NAMESPACE,
+                                                    "paracle-api")))
+
+
+def _redis_state(lab: Lab) -> tuple[int, dict[Any, Any]]:
+    client = lab.redis.client()
+    try:
+        return int(client.dbsize()), dict(client.config_get("*"))
+    finally:
+        client.close()
+
+
+def test_remediation_cells_of_a_batch_run_change_nothing_without_apply(
+        lab: Lab, artifacts: Path) -> None:
+    with lab.incident("redis-oom"):
+        before = _redis_state(lab)
+        result = run.run("redis/out-of-memory", lab.parameters_file,
+                         artifacts=artifacts)
+        assert result.failed is None, result.failed
+        plans = plans_from_notebook(json.loads(result.notebook.read_text()))
+        assert any(p["kind"].startswith("redis.") and p["applicable"]
+                   for p in plans), plans
+        assert _redis_state(lab) == before
+    with lab.incident("pending-node-selector"):
+        before_deployment = _deployment(lab)
+        result = run.run("kubernetes/pods-not-scheduling", lab.parameters_file,
+                         artifacts=artifacts)
+        assert result.failed is None, result.failed
+        assert _deployment(lab) == before_deployment
+    assert not (artifacts / "audit.jsonl").exists()
+
+
+def test_a_forbidden_apply_is_a_finding_in_the_artifact(
+        lab: Lab, artifacts: Path) -> None:
+    from paracle_nb.sandbox.lab import NAMESPACE
+
+    with lab.incident("pending-node-selector"):
+        shown = run.run("kubernetes/pods-not-scheduling", lab.parameters_file,
+                        artifacts=artifacts)
+        plans = plans_from_notebook(json.loads(shown.notebook.read_text()))
+        [plan] = [p for p in plans if p["applicable"]]
+        before = _deployment(lab)
+        lab.kube.fail(rf"/namespaces/{NAMESPACE}/deployments/paracle-api$", 403,
+                      method="PATCH")
+        try:
+            result = run.run("kubernetes/pods-not-scheduling", lab.parameters_file,
+                             {"apply": plan["id"]}, artifacts=artifacts)
+        finally:
+            lab.kube.fail_clear()
+        assert _deployment(lab) == before
+
+    assert result.failed is None, result.failed
+    finding = result.verdict.finding("remediation-forbidden")
+    assert finding is not None and finding.severity.value == "critical"
+    assert "paracle-nb-remediate" in finding.summary
+    [record] = read_audit(artifacts / "audit.jsonl")
+    assert record["outcome"] == "forbidden"
+    assert "Traceback" not in result.html.read_text()
