@@ -7,6 +7,7 @@ folders whose owner is gone are removed by the next run.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 
 from paracle_nb.errors import ParameterError
 from paracle_nb.findings import Finding, Severity, Verdict, verdict_from_notebook
+from paracle_nb.redact import Scrubber, scrub_notebook
 from paracle_nb.target import Target
 
 log = logging.getLogger(__name__)
@@ -71,33 +73,58 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def finish(output: pathlib.Path, runbook: str, run_id: str, target: Target,
-           failed: str | None, duration: float, final: pathlib.Path) -> Verdict:
-    """Record the verdict in the notebook, then write the HTML and JSON."""
+@dataclasses.dataclass(frozen=True)
+class RunFailure:
+    """Why a run stopped before its end, and the cell it stopped in."""
+
+    cause: str  # deadline-exceeded, kernel-died, cell-timeout, cell-error, ...
+    summary: str  # one line, naming the cell
+    cell: int | None = None  # position in the executed notebook, from 1
+    section: str | None = None  # the heading that cell is under: its step
+
+    def finding(self) -> Finding:
+        return Finding(
+            self.cause, Severity.CRITICAL,
+            f"The runbook stopped before its end: {self.summary}",
+            {"cell": self.cell, "section": self.section, "error": self.summary},
+            step=self.section)
+
+
+def finish(raw: pathlib.Path, output: pathlib.Path, runbook: str, run_id: str,
+           target: Target, failure: RunFailure | None, duration: float,
+           final: pathlib.Path, scrubber: Scrubber) -> Verdict:
+    """Write the artifact from the executed notebook at ``raw``, scrubbed.
+
+    The verdict goes into the notebook (as a summary under the title and in
+    its metadata), then the notebook, its HTML, ``verdict.json`` and the
+    effective parameters are written, each whole, with every secret
+    ``scrubber`` knows or recognises replaced by its marker.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(output, as_version=4) if output.exists() else \
-        nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
-            f"# {runbook}\n\nThe kernel never started.")])
+    nb = _read_executed(raw, runbook)
     verdict = verdict_from_notebook(nb) or Verdict(runbook)
-    if failed:
-        verdict.findings.append(Finding(
-            "run-failed", Severity.CRITICAL,
-            f"The runbook stopped before its end: {failed}", {"error": failed}))
+    if failure:
+        verdict.findings.append(failure.finding())
+    verdict = _scrubbed_verdict(verdict, scrubber)
 
+    scrub_notebook(nb, scrubber)
     _point_at_final(nb, output.parent, final)
     _insert_summary(nb, verdict, target)
-    nb.metadata["paracle"] = {
+    nb.metadata["paracle"] = scrubber.strings({
         "runbook": runbook,
         "run_id": run_id,
         "target": target.describe(),
         "duration_s": round(duration, 2),
         "verdict": verdict.to_dict(),
-    }
+    })
     (output.parent / OWNER_FILE).unlink(missing_ok=True)
     atomic_write(output, nbformat.writes(nb))
 
+    # Known shortcoming: nbconvert's template links require.js and MathJax
+    # from a CDN; the page reads without them, but a browser offline still
+    # tries to fetch them.
     exporter = HTMLExporter()
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
@@ -105,7 +132,38 @@ def finish(output: pathlib.Path, runbook: str, run_id: str, target: Target,
     atomic_write(output.with_suffix(".html"), body)
     atomic_write(output.parent / "verdict.json",
                  json.dumps(verdict.to_dict(), indent=2, default=str))
+    parameters = output.parent / "parameters.yaml"
+    if parameters.exists():
+        atomic_write(parameters, scrubber.text(parameters.read_text()))
+    log.info("%d secret(s) scrubbed from the artifact of %s", scrubber.count, run_id)
     return verdict
+
+
+def _scrubbed_verdict(verdict: Verdict, scrubber: Scrubber) -> Verdict:
+    """Return the verdict with its summaries, evidence and steps scrubbed.
+
+    Causes and severities, which tools match on, are the runbook's own words
+    and stay as they are.
+    """
+    return Verdict(verdict.runbook, [
+        Finding(f.cause, f.severity, scrubber.text(f.summary),
+                scrubber.strings(dict(f.evidence)),
+                scrubber.text(f.step) if f.step else f.step)
+        for f in verdict.findings])
+
+
+def _read_executed(raw: pathlib.Path, runbook: str) -> Any:
+    """Return the executed notebook, or a stand-in saying why there is none."""
+    import nbformat
+
+    try:
+        return nbformat.read(raw, as_version=4)
+    except FileNotFoundError:
+        reason = "The kernel never started."
+    except Exception as exc:  # cut short when the runner was killed
+        reason = f"The executed notebook could not be read ({type(exc).__name__})."
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
+        f"# {runbook}\n\n{reason}")])
 
 
 def _point_at_final(nb: Any, staging: pathlib.Path, final: pathlib.Path) -> None:

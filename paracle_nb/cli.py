@@ -3,7 +3,8 @@
 Exit codes: 0 ran and found no problem; 1 ran and found a problem
 (warning or worse); 2 bad input (unknown runbook, bad parameters); 3 the
 run itself failed (kernel died, a cell crashed) — its artifact still says
-where.
+where. ``sweep`` adds 4: a runbook found a critical problem (see
+docs/findings-schema.md).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import sys
 from typing import Any
 
 from paracle_nb.errors import ParacleError
+from paracle_nb.redact import protect_logs
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+EXIT_CRITICAL = 4  # sweep only: page someone
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cell-timeout", type=float, default=300.0, metavar="S",
                      help="seconds one cell may run before the run stops "
                           "(default: 300)")
+    run.add_argument("--deadline", default="15min", metavar="DURATION",
+                     help="how long the whole run may take, e.g. 10min; past "
+                          "it the kernel is stopped and the partial artifact "
+                          "written (default: 15min)")
+
+    _add_sweep_parser(commands)
 
     sandbox = commands.add_parser("sandbox", help="the local incident lab")
     lab_commands = sandbox.add_subparsers(dest="lab_command", required=True)
@@ -60,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    protect_logs()
     if not args.verbose:
         # The execution machinery reports what we report again, in tracebacks.
         for noisy in ("papermill", "traitlets", "asyncio", "nbclient"):
@@ -67,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_dispatch(args))
     except ParacleError as exc:
-        print(f"paracle-nb: error: {exc}", file=sys.stderr)
+        # A refused value may be a credential given in the wrong place.
+        message = protect_logs().text(str(exc))
+        print(f"paracle-nb: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         result = getattr(exc, "result", None)
@@ -81,6 +93,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _list()
     if args.command == "run":
         return _run(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "sandbox":
         from paracle_nb.sandbox import cli as sandbox_cli
 
@@ -107,11 +121,50 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {name: value for name, value in args.parameter}
     result = run.run(args.runbook, args.parameters, overrides,
-                     artifacts=args.artifacts, cell_timeout=args.cell_timeout)
+                     artifacts=args.artifacts, cell_timeout=args.cell_timeout,
+                     deadline=run.parse_deadline(args.deadline))
     print_result(result)
     if result.failed:
         return EXIT_FAILED
     return EXIT_PROBLEM if result.verdict.problem else EXIT_OK
+
+
+def _add_sweep_parser(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="run every runbook (or a tagged few) at once into one "
+                      "incident folder")
+    sweep.add_argument("--parameters", metavar="FILE",
+                       help="parameters file of the target (default: "
+                            "parameters/sandbox.yaml)")
+    sweep.add_argument("--only", nargs="+", action="extend", default=[],
+                       metavar="TAG", help="only runbooks with one of these tags "
+                                           "or names (api, database, redis, ...)")
+    sweep.add_argument("--artifacts", default="artifacts", metavar="DIR",
+                       help="where the incident folder goes (default: artifacts)")
+    sweep.add_argument("--kernels", type=int, default=None, metavar="N",
+                       help="runbooks run at once (default: CPU count + 1)")
+    sweep.add_argument("--cell-timeout", type=float, default=300.0, metavar="S",
+                       help="seconds one cell may run (default: 300)")
+    sweep.add_argument("--deadline", default="15min", metavar="DURATION",
+                       help="how long each runbook may take (default: 15min)")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from paracle_nb.errors import ParameterError
+    from paracle_nb.progress import Progress
+    from paracle_nb.run import parse_deadline
+    from paracle_nb.sweep import sweep
+
+    if args.kernels is not None and args.kernels < 1:
+        raise ParameterError(f"--kernels must be 1 or more, got {args.kernels}")
+    result = sweep(args.parameters, args.only, artifacts=args.artifacts,
+                   kernels=args.kernels, cell_timeout=args.cell_timeout,
+                   deadline=parse_deadline(args.deadline), on_change=Progress())
+    print(f"incident folder: {result.folder}")
+    print(f"  index:    {result.folder / 'index.html'}")
+    print(f"  findings: {result.folder / 'findings.json'}")
+    print(f"  archive:  {result.folder / 'incident.zip'}")
+    return result.exit_code
 
 
 def print_result(result: Any) -> None:

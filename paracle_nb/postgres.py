@@ -125,6 +125,10 @@ def _query(conn: psycopg.Connection[Any], sql: str, params: Any = None
     except psycopg.errors.QueryCanceled as exc:
         raise TargetTimeout("query cancelled by statement_timeout",
                             target="postgres", detail=str(exc).strip()) from None
+    except psycopg.errors.LockNotAvailable as exc:
+        # Checked before OperationalError, its parent: the session is fine.
+        raise TargetTimeout("query waited for a lock longer than lock_timeout",
+                            target="postgres", detail=str(exc).strip()) from None
     except psycopg.OperationalError as exc:
         raise TargetUnreachable("lost the Postgres session", target="postgres",
                                 detail=str(exc).strip()) from None

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import secrets
 import tempfile
 import time
@@ -26,21 +27,32 @@ from typing import Any
 import yaml
 
 from paracle_nb import artifact
+from paracle_nb.artifact import RunFailure
+from paracle_nb.deadline import KernelDeadline, running_cell
 from paracle_nb.errors import ParameterError, UnknownRunbook
 from paracle_nb.findings import Verdict
+from paracle_nb.redact import Scrubber, cluster_secret_values, target_scrubber
+from paracle_nb.secrets import with_url_password
 from paracle_nb.target import (
     TARGET_KEYS,
     Target,
     environment_file,
     load_parameters,
 )
-from paracle_nb.units import parse_duration
+from paracle_nb.units import format_duration, parse_duration
 
 log = logging.getLogger(__name__)
 
 # Parameters every runbook takes to find its target.
 TARGET_PARAMETERS = ("environment", "parameters_file")
 DURATION_SUFFIXES = ("_older_than", "window", "since")
+# Notebook parameters whose value is a credential, by the end of their name.
+SECRET_PARAMETER = re.compile(r"(password|passwd|token|api_?key|credentials?)$",
+                              re.IGNORECASE)
+DEFAULT_DEADLINE = 15 * 60.0
+# Run in the kernel before any cell: its log records are scrubbed too.
+KERNEL_SETUP = ("--IPKernelApp.exec_lines="
+                "__import__('paracle_nb.redact').redact.protect_logs()")
 
 
 @dataclasses.dataclass
@@ -53,6 +65,7 @@ class RunResult:
     html: pathlib.Path
     verdict: Verdict
     failed: str | None = None
+    failure: RunFailure | None = None
 
 
 def notebooks_dir() -> pathlib.Path:
@@ -88,7 +101,10 @@ def find_runbook(name: str) -> pathlib.Path:
     if len(matches) == 1:
         return matches[0]
     listing = ", ".join(known) or "(none found)"
-    raise UnknownRunbook(f"unknown runbook {name!r}; known runbooks: {listing}")
+    close = difflib.get_close_matches(cleaned, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UnknownRunbook(
+        f"unknown runbook {name!r}{hint}; known runbooks: {listing}")
 
 
 def runbook_name(path: pathlib.Path) -> str:
@@ -117,6 +133,9 @@ def split_parameters(notebook: pathlib.Path, values: dict[str, Any]
             target[key] = value
         elif key in declared and key not in TARGET_PARAMETERS:
             params[key] = _checked(key, value, declared[key])
+        elif key == "parameters_file":
+            raise ParameterError("give the parameters file with --parameters FILE, "
+                                 "not as a parameter")
         else:
             names = sorted(set(declared) - set(TARGET_PARAMETERS) | set(TARGET_KEYS))
             close = difflib.get_close_matches(key, names, n=1)
@@ -182,50 +201,112 @@ def new_run_id(runbook: str) -> str:
 def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
         overrides: dict[str, Any] | None = None, *,
         artifacts: str | os.PathLike[str] = "artifacts",
-        cell_timeout: float = 300.0) -> RunResult:
+        cell_timeout: float = 300.0,
+        deadline: float = DEFAULT_DEADLINE) -> RunResult:
     """Execute one runbook with papermill and write its artifact folder.
 
     Without a parameters file, the target is ``parameters/<environment>.yaml``
-    (``environment`` from ``overrides``, else ``sandbox``).
+    (``environment`` from ``overrides``, else ``sandbox``). ``deadline``
+    bounds the whole run in seconds: past it the kernel is interrupted (and
+    killed if it does not stop), and the artifact says in which cell.
     """
     notebook = find_runbook(name)
     runbook = runbook_name(notebook)
+    check_deadline(deadline)
+    if not cell_timeout > 0:
+        raise ParameterError(f"the cell timeout must be above 0 seconds, "
+                             f"got {cell_timeout:g}")
     split_parameters(notebook, overrides or {})  # name bad overrides first
     values = _parameter_values(parameters_file, overrides or {})
     target_values, params = split_parameters(notebook, values)
     target = Target.from_parameters(target_values)  # fails early on bad input
     target.check()
+    kernel_env, target_values = _passwords_to_environment(target_values)
 
     root = artifact.prepare(artifacts)
     run_id = new_run_id(runbook)
     staging = artifact.staging_folder(root, run_id)
     effective = staging / "parameters.yaml"
-    effective.write_text(yaml.safe_dump(_without_passwords(target_values),
-                                        sort_keys=True))
+    effective.write_text(yaml.safe_dump(target_values, sort_keys=True))
     log.info("running %s as %s", runbook, run_id)
 
-    output = staging / f"{notebook.stem}.ipynb"
     started = time.monotonic()
     interrupted = False
-    # Files a runbook writes (a diagnostic bundle) land in its artifact.
-    with _environment(PARACLE_NB_ARTIFACT_DIR=str(staging.resolve())):
-        try:
-            failed = _execute(notebook, output,
-                              {"parameters_file": str(effective.resolve()),
-                               **params}, cell_timeout)
-        except KeyboardInterrupt:
-            failed, interrupted = "interrupted by the operator", True
+    # papermill writes the unscrubbed notebook as it goes: it stays in a
+    # private folder, and only its scrubbed copy reaches the artifact.
+    # Known shortcoming: a runner killed with SIGKILL leaves that folder
+    # (readable by its user only) in the temporary directory.
+    with tempfile.TemporaryDirectory(prefix="paracle-run-") as private:
+        raw = pathlib.Path(private) / f"{notebook.stem}.ipynb"
+        # Files a runbook writes (a diagnostic bundle) land in its artifact.
+        # A batch run never waits for input: plans apply only by `apply`.
+        with _environment(PARACLE_NB_ARTIFACT_DIR=str(staging.resolve()),
+                          PARACLE_NB_BATCH="1", **kernel_env):
+            try:
+                failure = _execute(notebook, raw,
+                                   {"parameters_file": str(effective.resolve()),
+                                    **params}, private, cell_timeout, deadline)
+            except KeyboardInterrupt:
+                failure = _failure(raw, "interrupted",
+                                   "Interrupted by the operator")
+                interrupted = True
 
-    final = root / run_id
-    verdict = artifact.finish(output, runbook, run_id, target, failed,
-                              time.monotonic() - started, final)
+        scrubber = run_scrubber(target, params, secret_parameters(notebook))
+        if failure:  # an exception's message may quote a secret
+            failure = dataclasses.replace(failure,
+                                          summary=scrubber.text(failure.summary))
+        final = root / run_id
+        verdict = artifact.finish(
+            raw, staging / raw.name, runbook, run_id, target, failure,
+            time.monotonic() - started, final, scrubber)
     staging.rename(final)
     log.info("artifact written to %s", final)
-    result = RunResult(run_id, final, final / output.name,
-                       final / output.with_suffix(".html").name, verdict, failed)
+    notebook_path = final / raw.name
+    result = RunResult(run_id, final, notebook_path, notebook_path.with_suffix(".html"),
+                       verdict, failure.summary if failure else None, failure)
     if interrupted:
         raise RunInterrupted(result)
     return result
+
+
+def check_deadline(seconds: float) -> None:
+    """Refuse a deadline that would stop a run before it starts."""
+    if not seconds > 0 or math.isinf(seconds):
+        raise ParameterError(f"the deadline must be a positive duration, "
+                             f"got {seconds!r} seconds")
+
+
+def parse_deadline(text: str) -> float:
+    """Return a deadline given as a duration (``15min``, ``90s``) in seconds."""
+    if text.strip().replace(".", "", 1).isdigit():
+        raise ParameterError(f"--deadline needs a unit, e.g. '{text}min' or '{text}s'")
+    seconds = parse_duration(text)
+    check_deadline(seconds)
+    return seconds
+
+
+def secret_parameters(notebook: pathlib.Path) -> list[str]:
+    """Return the notebook parameters that hold a secret.
+
+    By name (``*_password``, ``*_token``, ``*_api_key``) or because the
+    parameters cell marks them ``(secret)`` in their comment.
+    """
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    return [name for name, spec in declared.items()
+            if SECRET_PARAMETER.search(name) or "(secret)" in (spec.get("help") or "")]
+
+
+def run_scrubber(target: Target, params: dict[str, Any],
+                 secret_names: list[str]) -> Scrubber:
+    """Return the scrubber for a run's artifact: every secret it could show."""
+    scrubber = target_scrubber(target)
+    for name in secret_names:
+        if params.get(name):
+            scrubber.add(*with_url_password(str(params[name])))
+    scrubber.add(*cluster_secret_values(target))
+    return scrubber
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -251,6 +332,8 @@ def _parameter_values(parameters_file: str | os.PathLike[str] | None,
 @contextlib.contextmanager
 def _environment(**values: str) -> Iterator[None]:
     """Set environment variables for the kernel about to start; restore them."""
+    # Known shortcoming: they are set on this whole process, so runs in two
+    # threads of one process would see each other's; use processes.
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -263,41 +346,75 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _without_passwords(values: dict[str, Any]) -> dict[str, Any]:
-    """Return target values with any password in a URL moved out of it."""
+def _passwords_to_environment(values: dict[str, Any]
+                              ) -> tuple[dict[str, str], dict[str, Any]]:
+    """Move passwords out of the URLs: (kernel environment, clean values).
+
+    The kernel reads them from its environment; the artifact never sees them.
+    """
     from paracle_nb.target import _split_password
 
-    clean = dict(values)
+    clean, environment = dict(values), {}
     for key, env in (("postgres_dsn", "PARACLE_POSTGRES_PASSWORD"),
                      ("redis_url", "PARACLE_REDIS_PASSWORD")):
         url, password = _split_password(clean.get(key))
         if password:
-            # The kernel inherits the environment; the artifact never sees it.
-            os.environ[env] = password
+            environment[env] = password
             clean[key] = url
-    return clean
+    return environment, clean
 
 
 def _execute(notebook: pathlib.Path, output: pathlib.Path,
-             parameters: dict[str, Any], cell_timeout: float) -> str | None:
-    """Run the notebook; return why it failed, or None."""
+             parameters: dict[str, Any], private: str, cell_timeout: float,
+             deadline: float) -> RunFailure | None:
+    """Run the notebook into ``output``; return why it stopped early, or None."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    watch = KernelDeadline(deadline)
     try:
-        with tempfile.TemporaryDirectory(prefix="paracle-kernel-") as sockets:
+        with watch:
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters,
                 kernel_name="python3", progress_bar=False, log_output=False,
                 execution_timeout=max(1, math.ceil(cell_timeout)),
-                cwd=os.getcwd(),
-                config=_ipc_config(sockets),
+                cwd=os.getcwd(), config=_ipc_config(private),
+                kernel_manager_class=watch.manager_class(),
+                extra_arguments=[KERNEL_SETUP],
             )
     except PapermillExecutionError as exc:
-        return f"cell {exc.exec_count}: {exc.ename}: {_first_line(exc.evalue)}"
-    except Exception as exc:  # a dead kernel or a timeout ends the run
-        return f"{type(exc).__name__}: {_first_line(str(exc))}"
+        if watch.reached:
+            return _failure(output, "deadline-exceeded",
+                            f"The deadline ({format_duration(deadline)}) passed and "
+                            "the kernel was interrupted")
+        return _failure(output, "cell-error",
+                        f"{exc.ename}: {_first_line(exc.evalue)}")
+    except DeadKernelError:
+        if watch.reached:
+            return _failure(output, "deadline-exceeded",
+                            f"The deadline ({format_duration(deadline)}) passed; "
+                            "the kernel ignored the interrupt and was killed")
+        return _failure(output, "kernel-died",
+                        "The kernel died (killed, out of memory or crashed)")
+    except CellTimeoutError:
+        return _failure(output, "cell-timeout",
+                        f"A cell ran longer than {format_duration(cell_timeout)}")
+    except Exception as exc:  # the kernel did not start, or the engine broke
+        return _failure(output, "run-failed",
+                        f"{type(exc).__name__}: {_first_line(str(exc))}")
     return None
+
+
+def _failure(output: pathlib.Path, cause: str, what: str) -> RunFailure:
+    """Return a failure naming the cell the run was in when it stopped."""
+    where = running_cell(output)
+    if where is None:
+        return RunFailure(cause, what)
+    index, section = where
+    under = f", under \"{section}\"" if section else ""
+    return RunFailure(cause, f"{what} in cell {index + 1}{under}", index + 1,
+                      section)
 
 
 def _first_line(text: str) -> str:
