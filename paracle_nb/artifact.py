@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 from typing import Any
 
@@ -122,14 +123,11 @@ def finish(raw: pathlib.Path, output: pathlib.Path, runbook: str, run_id: str,
     (output.parent / OWNER_FILE).unlink(missing_ok=True)
     atomic_write(output, nbformat.writes(nb))
 
-    # Known shortcoming: nbconvert's template links require.js and MathJax
-    # from a CDN; the page reads without them, but a browser offline still
-    # tries to fetch them.
     exporter = HTMLExporter()
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
-    atomic_write(output.with_suffix(".html"), body)
+    atomic_write(output.with_suffix(".html"), offline_html(body))
     atomic_write(output.parent / "verdict.json",
                  json.dumps(verdict.to_dict(), indent=2, default=str))
     parameters = output.parent / "parameters.yaml"
@@ -196,6 +194,19 @@ def _insert_summary(nb: Any, verdict: Verdict, target: Target) -> None:
     cell.metadata["tags"] = ["paracle-verdict"]
     position = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
     nb.cells.insert(position, cell)
+
+
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
+
+
+def offline_html(page: str) -> str:
+    """Drop the scripts nbconvert's template loads from the network.
+
+    require.js, MathJax and mermaid come from a CDN; a runbook's page needs
+    none of them (plots are images, tables plain HTML), and a page attached
+    to a ticket must read offline without reaching out.
+    """
+    return _SCRIPT.sub(lambda m: "" if "://" in m.group(0) else m.group(0), page)
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:
