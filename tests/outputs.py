@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+# How a plan heads itself in a page: its id, and that it is not applied.
+SHOWN_PLAN = re.compile(r"Plan <code>[0-9a-f]{10}</code> \(not applied\)")
 
 
 def plans_html(result: Any) -> str:
