@@ -12,7 +12,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from paracle_nb.errors import ParacleError, TargetTimeout
+from paracle_nb.errors import ParacleError, PermissionDenied, TargetTimeout
 from paracle_nb.postgres import _query
 
 if TYPE_CHECKING:
@@ -203,6 +203,11 @@ def explain_statement(conn: psycopg.Connection[Any], statement: str, *,
     except psycopg.errors.QueryCanceled:
         raise TargetTimeout(f"EXPLAIN ANALYZE ran longer than {timeout_ms} ms "
                             "and was cancelled", target="postgres") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied("the statement could not be explained: the "
+                               "runbook's role may not read the table",
+                               target="postgres",
+                               detail=str(exc).strip().splitlines()[0]) from None
     except psycopg.Error as exc:
         if isinstance(exc, psycopg.OperationalError):
             raise

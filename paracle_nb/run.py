@@ -52,7 +52,7 @@ SECRET_PARAMETER = re.compile(r"(password|passwd|token|api_?key|credentials?)$",
 DEFAULT_DEADLINE = 15 * 60.0
 # Run in the kernel before any cell: its log records are scrubbed too.
 KERNEL_SETUP = ("--IPKernelApp.exec_lines="
-                "__import__('paracle_nb.redact').redact.protect_logs()")
+                "__import__('paracle_nb.kernel_setup').kernel_setup.setup()")
 
 
 @dataclasses.dataclass

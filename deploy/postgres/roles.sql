@@ -18,6 +18,11 @@ CREATE ROLE paracle_runbook LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE
 GRANT pg_monitor TO paracle_runbook;
 ALTER ROLE paracle_runbook SET default_transaction_read_only = on;
 ALTER ROLE paracle_runbook SET statement_timeout = '10s';
+-- Optional, for the slow-queries runbook's EXPLAIN (ANALYZE): it runs the
+-- slow statement inside a read-only transaction that is rolled back, and
+-- needs to read the tables it names. Without this grant that one step says
+-- so, and the rest of the diagnosis still runs.
+-- GRANT SELECT ON ALL TABLES IN SCHEMA public TO paracle_runbook;
 
 CREATE ROLE paracle_remediate LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE
     CONNECTION LIMIT 3;
