@@ -137,3 +137,25 @@ def test_a_forbidden_apply_is_a_finding_in_the_artifact(
     [record] = read_audit(artifacts / "audit.jsonl")
     assert record["outcome"] == "forbidden"
     assert "Traceback" not in result.html.read_text()
+
+
+def test_the_read_only_role_diagnoses_and_names_what_needs_more(
+        lab: Lab, artifacts: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from paracle_nb.sandbox.postgres import MONITOR_ROLE
+
+    parameters = {**lab.parameters,
+                  "postgres_dsn": lab.postgres.dsn(MONITOR_ROLE),
+                  "postgres_password_file": str(
+                      lab.postgres.password_file(MONITOR_ROLE))}
+    path = tmp_path / "read-only.yaml"
+    path.write_text(yaml.safe_dump(parameters))
+    with lab.incident("slow-queries"):
+        result = run.run("database/slow-queries", path, artifacts=artifacts)
+
+    assert result.failed is None, result.failed
+    assert "missing-index" in result.verdict.causes
+    refused = result.verdict.finding("forbidden")
+    assert refused is not None and refused.step == "Explain a slow statement"
+    assert "deploy/postgres/roles.sql" in refused.summary
