@@ -18,8 +18,12 @@ lab:
 		$(foreach incident,$(INCIDENT),--incident $(incident))
 
 lint: setup
-	.venv/bin/ruff check paracle_nb tests
+	.venv/bin/ruff check paracle_nb tests bench
 	.venv/bin/mypy paracle_nb
 
 clean:
 	rm -rf artifacts .sandbox .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench
+bench:
+	scripts/dev.sh bench

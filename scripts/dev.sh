@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything paracle-nb needs, then run one job:
 #   scripts/dev.sh setup | demo | test [pytest args] | lab [--sandbox] [--incident NAME]
+#   scripts/dev.sh bench [--only NAME] [--repeat N]   (results in artifacts/bench/)
 # Debian packages are installed with apt when running as root; Python
 # packages go into .venv. Safe to run again: it only installs what is missing.
 set -euo pipefail
@@ -66,8 +67,9 @@ case "$job" in
   setup) setup ;;
   demo) setup; exec "$VENV/bin/paracle-nb" demo "$@" ;;
   test) setup; exec "$PY" -m pytest "$@" ;;
+  bench) setup; exec "$PY" -m bench.run "$@" ;;
   # JupyterLab on 127.0.0.1 in notebooks/, until Ctrl-C; --sandbox starts
   # the incident lab first and points the runbooks at it.
   lab) setup; exec "$PY" -m paracle_nb.jupyter "$@" ;;
-  *) echo "usage: scripts/dev.sh setup|demo|test|lab" >&2; exit 2 ;;
+  *) echo "usage: scripts/dev.sh setup|demo|test|lab|bench" >&2; exit 2 ;;
 esac

@@ -88,3 +88,30 @@ def test_groups_from_api_log_lines_of_a_real_raise():
                                                   "must be a number"),
         "count": 3, "sources": "paracle-api-a",
         "example_message": "LLM_TIMEOUT must be a number of seconds, got 'sixty'"}]
+
+
+def test_extract_file_finds_what_extract_finds(tmp_path):
+    """Random mixes of traceback, chain, timestamped and plain lines, with
+    either line ending, with or without a last newline."""
+    import dataclasses
+    import random
+
+    from paracle_nb.tracebacks import extract_file
+
+    vocabulary = LOG.splitlines() + [
+        "", "   ", "\t", "ValueError", "plain text line", "1 not a stamp",
+        '\tFile "/app/t.py", line 4, in tabbed', "\tKeyError: 'tab'",
+        'level=warning msg="see Traceback (most recent call last): above"',
+        "2026-12-04T10:00:01.5Z Traceback (most recent call last):",
+        '2026-12-04T10:00:01.5Z   File "/app/c.py", line 1, in h',
+        "2026-12-04T10:00:01.5Z KeyError: 'z'", "2026-12-04T10:00:01.5Z "]
+    rng = random.Random(20261204)
+    path = tmp_path / "api.log"
+    for _ in range(250):
+        lines = [rng.choice(vocabulary) for _ in range(rng.randrange(1, 60))]
+        text = "\n".join(lines) + rng.choice(["", "\n", "\r\n"])
+        path.write_bytes(text.replace("\n", rng.choice(["\n", "\r\n"])).encode())
+        wanted = [dataclasses.astuple(tb) for tb in extract(lines, "pod-a")]
+
+        found = extract_file(path, "pod-a")
+        assert [dataclasses.astuple(tb) for tb in found] == wanted, text
