@@ -31,6 +31,19 @@ SIGNAL_ROLE = ("needs a role with pg_signal_backend (the remediation role, "
                "see deploy/postgres/roles.sql); the read-only runbook role "
                "cannot end sessions.")
 
+# The scope of a termination plan: client backends only, never this
+# session, in the given state for long enough, of the given application,
+# role and database (each None: any).
+_SCOPE = """
+           backend_type = 'client backend'
+       AND pid <> pg_backend_pid()
+       AND {state}
+       AND {since} < now() - make_interval(secs => %(older)s)
+       AND (%(application)s::text IS NULL OR application_name = %(application)s)
+       AND (%(role)s::text IS NULL OR usename = %(role)s)
+       AND (%(database)s::text IS NULL OR datname = %(database)s)
+"""
+
 _CANDIDATES = """
     SELECT pid, backend_start::text AS backend_start,
            usename AS role, datname AS database,
@@ -39,13 +52,7 @@ _CANDIDATES = """
            extract(epoch FROM now() - {since})::float AS age_s,
            left(query, 120) AS query
       FROM pg_stat_activity
-     WHERE backend_type = 'client backend'
-       AND pid <> pg_backend_pid()
-       AND {state}
-       AND {since} < now() - make_interval(secs => %(older)s)
-       AND (%(application)s::text IS NULL OR application_name = %(application)s)
-       AND (%(role)s::text IS NULL OR usename = %(role)s)
-       AND (%(database)s::text IS NULL OR datname = %(database)s)
+     WHERE""" + _SCOPE + """
      ORDER BY {since}
 """
 
@@ -56,14 +63,7 @@ _APPLY = """
       FROM pg_stat_activity
      WHERE (pid, backend_start::text) IN
            (SELECT * FROM unnest(%(pids)s::int[], %(starts)s::text[]))
-       AND backend_type = 'client backend'
-       AND pid <> pg_backend_pid()
-       AND {state}
-       AND {since} < now() - make_interval(secs => %(older)s)
-       AND (%(application)s::text IS NULL OR application_name = %(application)s)
-       AND (%(role)s::text IS NULL OR usename = %(role)s)
-       AND (%(database)s::text IS NULL OR datname = %(database)s)
-"""
+       AND""" + _SCOPE
 
 _IDLE = "state IN ('idle', 'idle in transaction', 'idle in transaction (aborted)')"
 _ACTIVE = "state = 'active'"

@@ -67,6 +67,21 @@ def live_lab(lab: Lab) -> Lab:
 
 
 @pytest.fixture()
+def audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Remediation as a batch run: nothing asks for input, the audit trail
+    is a file of the test's, and no plan counts as applied before."""
+    from paracle_nb import remediate
+
+    path = tmp_path / "audit.jsonl"
+    monkeypatch.setenv(remediate.AUDIT_ENV, str(path))
+    monkeypatch.setenv(remediate.BATCH_ENV, "1")
+    monkeypatch.delenv("PARACLE_NB_ARTIFACT_DIR", raising=False)
+    remediate.forget_applied()
+    yield path
+    remediate.forget_applied()
+
+
+@pytest.fixture()
 def artifacts(tmp_path: Path) -> Path:
     """Where a test's runbook runs write their artifact folders."""
     return tmp_path / "artifacts"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from paracle_nb import actions, actions_kubernetes, kube_patch, remediate
+from paracle_nb import actions, actions_kubernetes, kube_patch
 from paracle_nb.actions import Plan
 from paracle_nb.actions_errors import plan_set_image
 from paracle_nb.errors import KubernetesError
@@ -32,16 +32,9 @@ DEPLOYMENT_MANIFESTS = Path(__file__).resolve().parent.parent / "deploy/kubernet
 
 
 @pytest.fixture(autouse=True)
-def healthy(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-            ) -> Iterator[Path]:
+def healthy(lab: Lab, audit: Path) -> Iterator[Path]:
     """Each test starts from the healthy cluster; audit goes to a tmp file."""
-    path = tmp_path / "audit.jsonl"
-    monkeypatch.setenv(remediate.AUDIT_ENV, str(path))
-    monkeypatch.setenv(remediate.BATCH_ENV, "1")
-    monkeypatch.delenv("PARACLE_NB_ARTIFACT_DIR", raising=False)
-    remediate.forget_applied()
-    yield path
-    remediate.forget_applied()
+    yield audit
     lab.kube.fail_clear()
     lab.load_scenario("healthy")
 

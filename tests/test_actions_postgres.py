@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from paracle_nb import remediate
 from paracle_nb.actions_postgres import (
     create_index_concurrently,
     set_max_connections,
@@ -27,7 +26,7 @@ from paracle_nb.sandbox.postgres import (
 )
 from paracle_nb.target import Target
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("audit")]
 
 
 def _target(pg: PostgresServer, role: str = SRE_ROLE) -> Target:
@@ -44,16 +43,6 @@ def _backends(pg: PostgresServer) -> list[tuple[Any, ...]]:
             "SELECT pid, backend_type, application_name, state FROM "
             "pg_stat_activity WHERE pid <> pg_backend_pid() ORDER BY pid").fetchall()
 
-
-@pytest.fixture(autouse=True)
-def audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "audit.jsonl"
-    monkeypatch.setenv(remediate.AUDIT_ENV, str(path))
-    monkeypatch.setenv(remediate.BATCH_ENV, "1")
-    monkeypatch.delenv("PARACLE_NB_ARTIFACT_DIR", raising=False)
-    remediate.forget_applied()
-    yield path
-    remediate.forget_applied()
 
 
 @pytest.fixture()

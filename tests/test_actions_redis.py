@@ -34,7 +34,7 @@ from paracle_nb.remediate import read_audit
 from paracle_nb.sandbox.redis_server import RedisServer
 from paracle_nb.target import Target
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("audit")]
 
 SETTINGS = ("maxmemory-policy", "maxmemory", "maxclients", "timeout")
 
@@ -56,16 +56,6 @@ def _target(server: RedisServer, user: str = "", password_file: str = "",
         "redis_password_file": password_file or str(server.password_file),
         "timeout_seconds": 5.0})
 
-
-@pytest.fixture(autouse=True)
-def audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "audit.jsonl"
-    monkeypatch.setenv(remediate.AUDIT_ENV, str(path))
-    monkeypatch.setenv(remediate.BATCH_ENV, "1")
-    monkeypatch.delenv("PARACLE_NB_ARTIFACT_DIR", raising=False)
-    remediate.forget_applied()
-    yield path
-    remediate.forget_applied()
 
 
 @pytest.fixture()

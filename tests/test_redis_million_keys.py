@@ -6,32 +6,20 @@ what the guide's pipeline gets wrong, so it is checked at that size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from paracle_nb import remediate
 from paracle_nb.actions_redis_keys import plan_delete_by_pattern
 from paracle_nb.sandbox.redis_server import RedisServer
 from paracle_nb.target import Target
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("audit")]
 
 # Keys named "<prefix>:<n>"; the two lookalikes share the word "cache".
 LOAD = {"cache": 1_000_000, "cachex": 500_000, "session": 500_000}
 
-
-@pytest.fixture()
-def audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "audit.jsonl"
-    monkeypatch.setenv(remediate.AUDIT_ENV, str(path))
-    monkeypatch.setenv(remediate.BATCH_ENV, "1")
-    monkeypatch.delenv("PARACLE_NB_ARTIFACT_DIR", raising=False)
-    remediate.forget_applied()
-    yield path
-    remediate.forget_applied()
 
 
 def count(client: redis.Redis, pattern: str) -> int:
