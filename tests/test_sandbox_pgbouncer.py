@@ -38,7 +38,7 @@ def test_clients_beyond_the_limit_are_served_on_a_few_server_connections(
 
     assert direct["refused"] > 0
     assert "too many clients" in direct["refusal"] or "reserved" in direct["refusal"]
-    assert direct["peak_server_connections"] > 30
+    assert direct["peak_server_connections"] > 2 * 6  # far above the pool
     assert pooled == {"clients": 60, "served": 60, "refused": 0, "refusal": None,
                       "peak_server_connections": pooled["peak_server_connections"]}
     assert 1 <= pooled["peak_server_connections"] <= 6
