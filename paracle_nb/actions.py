@@ -113,8 +113,13 @@ class Plan:
                     f"<code>.apply()</code>")
         return (f"<div><p><b>Plan <code>{self.id}</code> (not applied)</b>: "
                 f"{html.escape(self.title)} <i>({how})</i></p>"
-                f"{table}<ul>{notes}</ul>"
-                f"<pre>{html.escape(self.scoped_command())}</pre></div>")
+                f"{table}<ul>{notes}</ul>{self._command_html()}</div>")
+
+    def _command_html(self) -> str:
+        """The command block; none for an applicable plan with nothing to do."""
+        if self.empty and self.executor is not None:
+            return ""
+        return f"<pre>{html.escape(self.scoped_command())}</pre>"
 
     def __repr__(self) -> str:
         return (f"Plan({self.id}, {self.title!r}, {len(self.changes)} change(s), "

@@ -321,6 +321,25 @@ def _eviction_scope(policy: str, prefixes: Any) -> list[str]:
     return []
 
 
+def _key_plans(target: Target, client: Any, pattern: str, new_ttl: str) -> Plans:
+    """The clean-up plans for ``pattern``; a pattern refused is said, not raised.
+
+    ``*`` is the FLUSHDB plan alone: shortening every key's TTL is no
+    milder form of emptying the database.
+    """
+    plans = Plans()
+    try:
+        plans.append(plan_delete_by_pattern(target, client, pattern))
+        if new_ttl and pattern.strip() != "*":
+            plans.append(plan_shorter_ttls(target, client, pattern, new_ttl))
+    except ParameterError as exc:
+        plans.append(Plan(f"delete keys matching {pattern!r}: refused",
+                          _frame([], ["db", "pattern", "keys"]),
+                          "# no command: choose a narrower delete_pattern",
+                          [str(exc)]))
+    return plans
+
+
 def redis_memory_plans(verdict: Any, target: Target, *, client: Any, memory: Any,
                        prefixes: Any, delete_pattern: str, new_policy: str,
                        new_maxmemory: str, deployment: str,
@@ -334,9 +353,7 @@ def redis_memory_plans(verdict: Any, target: Target, *, client: Any, memory: Any
     plans = Plans()
     causes = set(verdict.causes)
     if causes & {"redis-out-of-memory", "redis-memory-near-limit"}:
-        plans.append(plan_delete_by_pattern(target, client, delete_pattern))
-        if new_ttl:
-            plans.append(plan_shorter_ttls(target, client, delete_pattern, new_ttl))
+        plans.extend(_key_plans(target, client, delete_pattern, new_ttl))
         if memory["maxmemory_policy"] == "noeviction":
             plans.append(plan_eviction_policy(memory, new_policy, prefixes,
                                               target=target))

@@ -200,7 +200,7 @@ def plan_delete_by_pattern(target: Target, client: redis.Redis, pattern: str,
             client.close()
         return {"deleted": result.keys, "bytes_freed": result.bytes_freed,
                 "used_memory_before": used_before,
-                "seconds": round(result.seconds, 1)}
+                "seconds": round(result.seconds, 3)}
 
     def verify(plan: Plan, applied: dict[str, Any]) -> Finding:
         client = _connect_to(target, db)
@@ -215,7 +215,8 @@ def plan_delete_by_pattern(target: Target, client: redis.Redis, pattern: str,
             "remediation-applied" if not left else "remediation-incomplete",
             Severity.INFO if not left else Severity.WARNING,
             f"Deleted {applied['deleted']:,} key(s) matching {pattern!r} in db "
-            f"{db} (planned {count:,}) in {applied['seconds']} s; used memory "
+            f"{db} (planned {count:,}) in {applied['seconds'] * 1000:,.0f} ms; "
+            "used memory "
             f"{format_bytes(applied['used_memory_before'])} -> "
             f"{format_bytes(used_after)} ({format_bytes(freed)} freed); "
             f"{left:,} key(s) match now"

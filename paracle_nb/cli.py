@@ -173,8 +173,29 @@ def print_result(result: Any) -> None:
     for finding in result.verdict.ordered()[1:]:
         if finding.severity.rank >= 2:
             print(f"  [{finding.severity.value}] {finding.cause}: {finding.summary}")
+    _print_remediation(result)
     print(f"  notebook: {result.notebook}")
     print(f"  html:     {result.html}")
+
+
+def _print_remediation(result: Any) -> None:
+    """Print the plans a run showed, by id, and what applying them did."""
+    import json
+
+    from paracle_nb.remediate import plans_from_notebook
+
+    try:
+        plans = plans_from_notebook(json.loads(result.notebook.read_text()))
+    except (OSError, ValueError):
+        return
+    for plan in plans:
+        if plan["applicable"] or plan["outcome"] != "not applied":
+            print(f"  plan {plan['id']}: {plan['title']} [{plan['outcome']}]")
+    for finding in result.verdict.findings:  # warnings are printed above
+        if finding.severity.rank < 2 and finding.cause.startswith("remediation-"):
+            print(f"  [{finding.severity.value}] {finding.cause}: {finding.summary}")
+    if any(p["applicable"] and p["outcome"] == "not applied" for p in plans):
+        print("  (apply a plan: run again with -p apply <id>)")
 
 
 if __name__ == "__main__":

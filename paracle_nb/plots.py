@@ -367,19 +367,26 @@ def pooling_plot(direct: dict[str, Any], pooled: dict[str, Any],
                  limits: Any, pool_size: int) -> Plot:
     """Server connections and refused clients, straight to Postgres and via
     PgBouncer, against the connection limit (the pooler's before and after)."""
-    figure, axes = _figure(8, 2.4)
+    figure, axes = _figure(8, 2.6)
     labels = [f"direct ({direct['clients']} clients)",
               f"via PgBouncer ({pooled['clients']} clients, pool {pool_size})"]
+    rows = [0.0, 1.0]
     peaks = [direct["peak_server_connections"], pooled["peak_server_connections"]]
     refused = [direct["refused"], pooled["refused"]]
-    axes.barh(labels, peaks, color="#1565c0", label="server connections (peak)")
-    axes.barh(labels, refused, left=peaks, color="#c62828", label="clients refused")
+    axes.barh([r + 0.2 for r in rows], peaks, height=0.38, color="#1565c0",
+              label="server connections (peak)")
+    axes.barh([r - 0.2 for r in rows], refused, height=0.38, color="#c62828",
+              label="clients refused")
+    for row, peak, lost in zip(rows, peaks, refused, strict=True):
+        axes.text(peak + 0.5, row + 0.2, str(peak), va="center", fontsize=8)
+        axes.text(lost + 0.5, row - 0.2, str(lost), va="center", fontsize=8)
+    axes.set_yticks(rows, labels)
     usable = limits["max_connections"] - limits["superuser_reserved"]
     axes.axvline(usable, color=LIMIT_COLOUR, linestyle="--",
                  label=f"usable by applications ({usable})")
     axes.axvline(limits["max_connections"], color=LIMIT_COLOUR,
                  label=f"max_connections ({limits['max_connections']})")
-    axes.set_xlabel("connections")
+    axes.set_xlabel("connections / clients")
     axes.set_title("Postgres connections before and after PgBouncer")
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8,
                 frameon=False)

@@ -103,8 +103,13 @@ def apply_plan(plan: Plan, *, confirm: str | None = None,
 
     ``confirm`` is the plan id typed (or passed by a script); in a batch
     run, ``authorized`` holds the ids (and second confirmations) the run
-    was started with. Without either, an interactive kernel asks.
+    was started with. Without either, an interactive kernel asks. Every
+    attempt is audited, whatever its outcome.
     """
+    return _audited(plan, _attempt(plan, confirm, set(authorized)))
+
+
+def _attempt(plan: Plan, confirm: str | None, authorized: set[str]) -> Applied:
     plan_id = plan.id
     if plan_id in _applied:
         earlier = _applied[plan_id]
@@ -118,19 +123,17 @@ def apply_plan(plan: Plan, *, confirm: str | None = None,
     try:
         fresh = plan.replan() if plan.replan is not None else plan
     except ParacleError as exc:  # the target went away since the plan was made
-        return _audited(plan, _outcome(
-            plan, "failed", Severity.CRITICAL,
-            f"Plan {plan_id} not applied: could not read the target again "
-            f"to check the plan still holds: {exc}", None))
+        return _outcome(plan, "failed", Severity.CRITICAL,
+                        f"Plan {plan_id} not applied: could not read the target "
+                        f"again to check the plan still holds: {exc}", None)
     if fresh.id != plan_id:
         result = _outcome(plan, "changed", Severity.WARNING,
                           f"The target changed since plan {plan_id} was shown; "
                           f"not applied. The plan now is {fresh.id}: review it.",
                           None)
         result.fresh = fresh
-        return _audited(plan, result)
+        return result
 
-    authorized = set(authorized)
     if not _confirmed(plan, confirm, authorized):
         return _outcome(plan, "not-confirmed", Severity.INFO,
                         _how_to_confirm(plan), None)
@@ -138,8 +141,7 @@ def apply_plan(plan: Plan, *, confirm: str | None = None,
         return _outcome(plan, "not-confirmed", Severity.INFO,
                         f"Plan {plan_id} needs a second confirmation: "
                         f"{plan.second_confirmation!r}. Not applied.", None)
-
-    return _audited(plan, _execute(plan))
+    return _execute(plan)
 
 
 def _refusal(plan: Plan) -> Applied | None:
@@ -258,6 +260,27 @@ def _audited(plan: Plan, result: Applied) -> Applied:
     for path in audit_paths():
         _append(path, record)
     return result
+
+
+def audit_unknown(plan_id: str, summary: str) -> None:
+    """Audit an ``apply`` id that matched no plan this run showed."""
+    record = {
+        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "who": operator(), "host": socket.gethostname(),
+        "runbook": _runbook_name(), "target": _current_target(),
+        "plan_id": plan_id, "kind": None, "title": None, "planned": None,
+        "applied": None, "outcome": "unknown-plan", "finding": summary,
+        "after": None,
+    }
+    for path in audit_paths():
+        _append(path, record)
+
+
+def _current_target() -> dict[str, str] | None:
+    from paracle_nb.runbook import current_target
+
+    target = current_target()
+    return target.describe() if target is not None else None
 
 
 def operator() -> str:

@@ -221,6 +221,7 @@ class Runbook:
                               "it was shown, or it belongs to another runbook. "
                               "Nothing applied for it.",
                               {"plan_id": plan_id})
+            remediate.audit_unknown(plan_id, finding.summary)
             self._add_finding(finding)
         return Remediation(plans, outcomes, self.verdict,
                            bool(wanted))

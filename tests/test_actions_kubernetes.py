@@ -164,7 +164,8 @@ def test_planning_changes_nothing_and_applying_changes_exactly_the_plan(
     assert result.finding.cause == "remediation-applied", result.finding.summary
     after = _snapshot(lab, expected)
     assert {key: _diff(before[key], after[key]) for key in expected} == expected
-    [record] = read_audit(healthy)
+    refused, record = read_audit(healthy)  # every attempt is audited
+    assert refused["outcome"] == "not-confirmed"
     assert record["plan_id"] == plan.id and record["outcome"] == "applied"
     assert record["planned"] == plan.rows()
     assert record["after"]["rollout"]["complete"] if DEPLOY in expected else True

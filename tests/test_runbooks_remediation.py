@@ -73,7 +73,9 @@ def test_a_batch_run_applies_only_the_plan_it_was_started_with(
         again = _run(lab, artifacts, apply=plan["id"])
         assert again.verdict.finding("remediation-plan-changed") is not None
         assert _api_sessions(lab) == after
-        assert len(read_audit(artifacts / "audit.jsonl")) == 1
+        first, second = read_audit(artifacts / "audit.jsonl")
+        assert (first["outcome"], second["outcome"]) == ("applied", "unknown-plan")
+        assert second["plan_id"] == plan["id"]
 
 
 def _deployment(lab: Lab) -> dict[str, Any]:
@@ -159,3 +161,29 @@ def test_the_read_only_role_diagnoses_and_names_what_needs_more(
     refused = result.verdict.finding("forbidden")
     assert refused is not None and refused.step == "Explain a slow statement"
     assert "deploy/postgres/roles.sql" in refused.summary
+
+
+@pytest.mark.parametrize("pattern, shown", [
+    ("*", "FLUSHDB"),
+    ("**", "refused"),
+])
+def test_a_catch_all_delete_pattern_is_a_flush_plan_or_a_refusal_never_a_crash(
+        lab: Lab, artifacts: Path, pattern: str, shown: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from paracle_nb.cli import print_result
+
+    with lab.incident("redis-oom"):
+        before = _redis_state(lab)
+        result = run.run("redis/out-of-memory", lab.parameters_file,
+                         {"delete_pattern": pattern}, artifacts=artifacts)
+        assert _redis_state(lab) == before
+
+    assert result.failed is None, result.failed
+    titles = [p["title"] for p in
+              plans_from_notebook(json.loads(result.notebook.read_text()))]
+    assert any(shown in title for title in titles), titles
+    print_result(result)
+    printed = capsys.readouterr().out
+    assert "(apply a plan: run again with -p apply <id>)" in printed
+    assert any(f"plan {p['id']}" in printed for p in plans_from_notebook(
+        json.loads(result.notebook.read_text())) if p["applicable"])
