@@ -83,6 +83,8 @@ class JupyterLab:
         self.token = Secret(secrets.token_urlsafe(32))
         self.process: subprocess.Popen[bytes] | None = None
         self._registration: int | None = None
+        # Kernels talk to the server over Unix sockets in here, not TCP.
+        self._sockets: str | None = None
 
     @property
     def log_file(self) -> pathlib.Path:
@@ -126,11 +128,22 @@ class JupyterLab:
             # by an administrator is not read by this JupyterLab.
             f"--LabApp.app_settings_dir={self.state_dir / 'settings'}",
             *OFFLINE_SETTINGS,
+            *self._kernel_transport(),
         ]
         # JupyterLab refuses root unless told; the lab is for one operator.
         if procs.running_as_root():
             command.append("--allow-root")
         return command
+
+    def _kernel_transport(self) -> list[str]:
+        """Kernel sockets as files in a private folder where the OS has them.
+
+        A short temporary folder: a socket path must fit in about 100 bytes.
+        """
+        if self._sockets is None:
+            return []
+        return ["--KernelManager.transport=ipc",
+                f"--KernelManager.ip={os.path.join(self._sockets, 'kernel')}"]
 
     def environment(self) -> dict[str, str]:
         """Return the server's environment; its kernels inherit it."""
@@ -163,6 +176,10 @@ class JupyterLab:
         if self.port is None:
             self.port = procs.free_port()
         self._write_files()
+        if os.name == "posix":
+            import tempfile
+
+            self._sockets = tempfile.mkdtemp(prefix="paracle-jk-")
 
         log.info("starting JupyterLab on %s", self.url)
         with open(self.log_file, "ab") as output:
@@ -193,6 +210,11 @@ class JupyterLab:
             self._registration = None
         self.token_file.unlink(missing_ok=True)
         self.open_file.unlink(missing_ok=True)
+        if self._sockets is not None:
+            import shutil
+
+            shutil.rmtree(self._sockets, ignore_errors=True)
+            self._sockets = None
 
     def __enter__(self) -> JupyterLab:
         return self.start()

@@ -120,6 +120,7 @@ def test_pool_runbook_runs_in_jupyterlab_and_shows_its_verdict(lab, tmp_path):
         _all_cells_ran(page, cells)
         applied_text = page.locator(OUTPUTS, has_text="applied").last.text_content()
         sessions_after = _api_sessions(lab)
+        server_log = jupyter.log_file.read_text()
 
         target = page.locator(OUTPUTS, has_text="Pointed at").first
         verdict = page.locator(OUTPUTS, has_text="Verdict").first
@@ -140,4 +141,6 @@ def test_pool_runbook_runs_in_jupyterlab_and_shows_its_verdict(lab, tmp_path):
     assert plan_id in prompt and "Type the plan id" in prompt
     assert f"applied: plan {plan_id}" in applied_text
     assert sessions_before and sessions_after < sessions_before
+    # The kernel talked to JupyterLab over Unix sockets, not plain TCP.
+    assert "running over TCP" not in server_log
     assert (REPO / "notebooks" / RUNBOOK).read_bytes() == original
