@@ -4,14 +4,19 @@ Exit codes: 0 ran and found no problem; 1 ran and found a problem
 (warning or worse); 2 bad input (unknown runbook, bad parameters); 3 the
 run itself failed (kernel died, a cell crashed) — its artifact still says
 where. ``sweep`` adds 4: a runbook found a critical problem (see
-docs/findings-schema.md).
+docs/findings-schema.md). A run or sweep stopped with Ctrl-C exits 130,
+one stopped with SIGTERM 143; both still write their partial artifact.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from paracle_nb.errors import ParacleError
@@ -21,6 +26,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 EXIT_CRITICAL = 4  # sweep only: page someone
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
+EXIT_TERMINATED = 143  # SIGTERM (a stopped Job, `kill`): 128 + SIGTERM
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         # The execution machinery reports what we report again, in tracebacks.
         for noisy in ("papermill", "traitlets", "asyncio", "nbclient"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    terminated: list[int] = []
     try:
-        return int(_dispatch(args))
+        with _sigterm_as_interrupt(terminated, args.command in ("run", "sweep")):
+            return int(_dispatch(args))
     except ParacleError as exc:
         # A refused value may be a credential given in the wrong place.
         message = protect_logs().text(str(exc))
@@ -84,8 +93,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         result = getattr(exc, "result", None)
         where = f"; partial artifact in {result.folder}" if result else ""
-        print(f"paracle-nb: interrupted{where}", file=sys.stderr)
-        return 130
+        how = "terminated" if terminated else "interrupted"
+        print(f"paracle-nb: {how}{where}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int], wanted: bool) -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C inside the block; record it in ``received``.
+
+    A run stopped by ``kill`` or by Kubernetes ending its Job then writes
+    its partial artifact, naming the cell it was in. Further SIGTERMs are
+    ignored while that artifact is written.
+    """
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt("Stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

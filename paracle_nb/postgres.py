@@ -1,14 +1,22 @@
 """Read helpers for PostgreSQL, through psycopg 3.
 
 Sessions opened here are read-only and carry a ``statement_timeout``, so a
-runbook can neither change the database nor hang on it. A refusal at
+runbook can neither change the database nor hang on it. That timeout is
+the server's own, and a frozen backend never applies it: every query is
+also watched from the client (:func:`answer_within`). A refusal at
 connect time (no free slot) is raised as :class:`ConnectionRefused` with
 the server's own message: for the pool-exhaustion runbook it is evidence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import (
@@ -32,6 +40,15 @@ APPLICATION_NAME = "paracle-nb"
 # Messages with which the server refuses a connection for lack of slots.
 _NO_SLOT = ("too many clients", "remaining connection slots are reserved",
             "too many connections")
+
+#: Seconds the client waits past a query's own timeout before it cancels
+#: the query, and again before it cuts a session the cancel did not free.
+ANSWER_GRACE = 1.0
+
+#: Client-side bound of a session opened without ``statement_timeout``.
+DEFAULT_ANSWER_SECONDS = 30.0
+
+_STATEMENT_TIMEOUT = re.compile(r"statement_timeout=(\d+)")
 
 
 def connect(target: Target, *, statement_timeout_ms: int | None = None,
@@ -115,7 +132,8 @@ def _query(conn: psycopg.Connection[Any], sql: str, params: Any = None
     from psycopg.rows import dict_row
 
     try:
-        with conn.cursor(row_factory=dict_row) as cur:
+        with answer_within(conn, session_timeout(conn)), \
+                conn.cursor(row_factory=dict_row) as cur:
             cur.execute(sql, params)
             return list(cur.fetchall())
     except psycopg.errors.InsufficientPrivilege as exc:
@@ -132,6 +150,111 @@ def _query(conn: psycopg.Connection[Any], sql: str, params: Any = None
     except psycopg.OperationalError as exc:
         raise TargetUnreachable("lost the Postgres session", target="postgres",
                                 detail=str(exc).strip()) from None
+
+
+def session_timeout(conn: psycopg.Connection[Any]) -> float:
+    """Return the ``statement_timeout`` the session was opened with, in seconds.
+
+    Read from the options :func:`connect` gave the server, so asking costs
+    no round trip to a server that may not answer.
+    """
+    options = conn.info.get_parameters().get("options", "")
+    found = _STATEMENT_TIMEOUT.search(options)
+    if found is None or int(found.group(1)) == 0:
+        return DEFAULT_ANSWER_SECONDS
+    return int(found.group(1)) / 1000
+
+
+@contextlib.contextmanager
+def answer_within(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
+    """Bound the calls made on ``conn`` inside the block, from the client.
+
+    ``ANSWER_GRACE`` seconds after ``seconds``, the running query is
+    cancelled; a backend that still does not answer (frozen, its host
+    gone) has its session cut, so the blocked call returns. Either way the
+    block raises :class:`TargetTimeout`, and a cut session stays unusable.
+
+    >>> with answer_within(conn, 5.0):  # doctest: +SKIP
+    ...     conn.execute("SELECT 1")
+    """
+    import psycopg
+
+    watchdog = _Watchdog(conn, seconds)
+    try:
+        yield
+    except psycopg.Error:
+        if not watchdog.fired:
+            raise
+        raise TargetTimeout(f"query got no answer within {seconds:g}s "
+                            f"({watchdog.fired})", target="postgres") from None
+    finally:
+        watchdog.stop()
+
+
+class _Watchdog:
+    """A thread that cancels, then cuts, a query that outlives its bound.
+
+    ``fired`` says what it did: "" nothing, else "cancelled" or "session
+    cut". The lock keeps it from acting on a query that has just ended, or
+    on the next one.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        self.fired = ""
+        self._conn = conn
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="paracle-postgres-watchdog")
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        if self._done.wait(self._seconds + ANSWER_GRACE):
+            return
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.fired = "cancelled"
+            log.info("Postgres query got no answer within %gs; cancelling it",
+                     self._seconds)
+            self._cancel()
+
+        if self._done.wait(ANSWER_GRACE):
+            return
+        with self._lock:
+            if self._done.is_set():
+                return
+            self.fired = "session cut"
+            log.info("Postgres did not act on the cancel; cutting the session")
+            self._cut()
+
+    def _cancel(self) -> None:
+        import psycopg
+
+        try:
+            self._conn.cancel_safe(timeout=ANSWER_GRACE)
+        except (psycopg.Error, OSError) as exc:
+            log.debug("cancel request failed: %s", exc)
+
+    def _cut(self) -> None:
+        import psycopg
+
+        # Shutting the socket down (not closing our descriptor, which
+        # psycopg owns) wakes the call blocked on it with an error.
+        try:
+            duplicate = socket.socket(fileno=os.dup(self._conn.fileno()))
+        except (psycopg.Error, OSError) as exc:  # already closed
+            log.debug("no socket to cut: %s", exc)
+            return
+        with duplicate:
+            with contextlib.suppress(OSError):
+                duplicate.shutdown(socket.SHUT_RDWR)
 
 
 def connection_limits(conn: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.errors import ParacleError, PermissionDenied, TargetTimeout
-from paracle_nb.postgres import _query
+from paracle_nb.postgres import _query, answer_within
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -194,7 +194,9 @@ def explain_statement(conn: psycopg.Connection[Any], statement: str, *,
 
     log.debug("explaining a statement of %d characters", len(text))
     try:
-        with conn.transaction(force_rollback=True), conn.cursor() as cur:
+        # statement_timeout is the server's: bound the transaction here too.
+        with answer_within(conn, timeout_ms / 1000), \
+                conn.transaction(force_rollback=True), conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
             cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
                 sql.Literal(int(timeout_ms))))

@@ -50,6 +50,10 @@ DURATION_SUFFIXES = ("_older_than", "window", "since")
 SECRET_PARAMETER = re.compile(r"(password|passwd|token|api_?key|credentials?)$",
                               re.IGNORECASE)
 DEFAULT_DEADLINE = 15 * 60.0
+# What `apply` may name: the ids of plans an earlier run showed, and the
+# second confirmation an irreversible plan asks for.
+PLAN_ID = re.compile(r"[0-9a-f]{10}")
+SECOND_CONFIRMATION = re.compile(r"FLUSHDB db\d+")
 # Run in the kernel before any cell: its log records are scrubbed too.
 KERNEL_SETUP = ("--IPKernelApp.exec_lines="
                 "__import__('paracle_nb.kernel_setup').kernel_setup.setup()")
@@ -167,7 +171,26 @@ def _checked(key: str, value: Any, declared: Any) -> Any:
             raise ParameterError(
                 f"parameter {key!r} needs a unit, e.g. '{value}min' or '{value}s'")
         parse_duration(value)
+    if key == "apply":
+        _check_apply(value)
     return value
+
+
+def _check_apply(value: Any) -> None:
+    """Refuse ``apply`` items that are neither plan ids nor second confirmations.
+
+    Caught here, a typo is one line before the run, not a plan reported
+    as changed after it.
+    """
+    from paracle_nb.remediate import parse_apply
+
+    wrong = sorted(item for item in parse_apply(value)
+                   if not PLAN_ID.fullmatch(item)
+                   and not SECOND_CONFIRMATION.fullmatch(item))
+    if wrong:
+        raise ParameterError(
+            f"parameter 'apply' takes plan ids (10 lowercase hex digits, as a "
+            f"run shows them) and 'FLUSHDB db<N>'; got {', '.join(map(repr, wrong))}")
 
 
 _TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string",
@@ -246,9 +269,12 @@ def run(name: str, parameters_file: str | os.PathLike[str] | None = None,
                 failure = _execute(notebook, raw,
                                    {"parameters_file": str(effective.resolve()),
                                     **params}, private, cell_timeout, deadline)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
+                # Known shortcoming: on SIGTERM (unlike Ctrl-C at a terminal)
+                # the kernel is not interrupted first; stopped mid-cell, it
+                # prints a traceback of its closed socket on stderr.
                 failure = _failure(raw, "interrupted",
-                                   "Interrupted by the operator")
+                                   str(exc) or "Interrupted by the operator")
                 interrupted = True
 
         scrubber = run_scrubber(target, params, secret_parameters(notebook))

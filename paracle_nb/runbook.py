@@ -361,9 +361,18 @@ def _clip(value: Any, limit: int = MAX_CELL_CHARS) -> Any:
     """Return a long text (or a list or mapping, as text) cut to ``limit``."""
     if isinstance(value, (list, tuple, set, dict)):
         value = _listing(value)
-    if isinstance(value, str) and len(value) > limit:
-        return value[: limit - 1] + "…"
+    if isinstance(value, str):
+        return clip_text(value, limit)
     return value
+
+
+def clip_text(text: str, limit: int = MAX_CELL_CHARS) -> str:
+    """Return ``text`` cut to ``limit`` characters, ending in "…" when cut.
+
+    >>> clip_text("connection refused", 10)
+    'connectio…'
+    """
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _listing(value: list[Any] | tuple[Any, ...] | set[Any] | dict[Any, Any]

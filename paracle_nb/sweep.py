@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import logging
 import os
 import pathlib
@@ -83,13 +84,22 @@ def select_runbooks(only: Sequence[str] = ()) -> list[str]:
     if wanted:
         unknown = wanted - set(known_tags()) - set(names)
         if unknown:
-            raise ParameterError(
-                f"unknown tag {', '.join(sorted(unknown))}; known tags: "
-                f"{', '.join(known_tags())}")
+            raise ParameterError(_unknown_tags(sorted(unknown), names))
         names = [n for n in names if n in wanted or wanted & set(runbook_tags(n))]
     first = [n for n in STARTS_FIRST if n in names]
     rest = [n for n in names if n not in first and n != ESCALATION]
     return first + rest + ([ESCALATION] if ESCALATION in names else [])
+
+
+def _unknown_tags(unknown: list[str], names: list[str]) -> str:
+    """Return the refusal of unknown ``--only`` tags, with the closest known."""
+    tags = known_tags()
+    close = [match for tag in unknown
+             for match in difflib.get_close_matches(tag, tags + names, n=1)]
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return (f"unknown tag {', '.join(unknown)}{hint}; known tags: "
+            f"{', '.join(tags)}; a runbook's name selects it too, "
+            "as `paracle-nb list` shows it")
 
 
 @dataclasses.dataclass

@@ -194,24 +194,49 @@ def environment_file(environment: str) -> pathlib.Path:
     """Return the parameters file of an environment, or say how to get one."""
     if not environment.replace("-", "").replace("_", "").isalnum():
         raise ParameterError(f"environment {environment!r} is not a plain name")
-    path = parameters_dir() / f"{environment}.yaml"
+    folder = parameters_dir()
+    path = folder / f"{environment}.yaml"
     if path.exists():
         return path
     hint = (
         "start the lab with `paracle-nb sandbox up`"
         if environment == "sandbox"
-        else f"copy parameters/{environment}.example.yaml to {path.name} and edit it"
+        else _new_environment_hint(folder, environment)
     )
     raise ParameterError(f"no parameters file for environment {environment!r}: {hint}")
+
+
+def _new_environment_hint(folder: pathlib.Path, environment: str) -> str:
+    """Say how to write an environment's file: from its example, if there is one."""
+    destination = _shown(folder / f"{environment}.yaml")
+    example = folder / f"{environment}.example.yaml"
+    if example.exists():
+        return f"copy {_shown(example)} to {destination} and edit it"
+    examples = sorted(p.name for p in folder.glob("*.example.yaml"))
+    start = f" (examples to start from: {', '.join(examples)})" if examples else ""
+    return f"write {destination}{start}"
+
+
+def _shown(path: pathlib.Path) -> str:
+    """Return a path relative to the working folder when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(pathlib.Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def load_parameters(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return a parameters file as a dict; one clear error if it is not one."""
     file = pathlib.Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParameterError(f"parameters file not found: {file}") from None
+    except UnicodeDecodeError as exc:
+        raise ParameterError(
+            f"parameters file {file} is not UTF-8 text (byte "
+            f"{exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     except OSError as exc:
         raise ParameterError(f"cannot read parameters file {file}: {exc}") from None
     try:

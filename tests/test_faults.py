@@ -18,9 +18,11 @@ import nbformat
 import pytest
 from tiny_runbooks import write_runbooks, write_target
 
-from paracle_nb import cli, deadline, run
+from paracle_nb import cli, deadline, postgres, postgres_queries, run
+from paracle_nb.errors import TargetTimeout
 from paracle_nb.sandbox import procs
 from paracle_nb.sandbox.postgres import SRE_ROLE, PostgresServer
+from paracle_nb.target import Target
 
 pytestmark = pytest.mark.notebook
 
@@ -93,6 +95,46 @@ def test_postgres_frozen_with_sigstop(lab, artifacts):
     assert_fault(result, "Check database query time", "target-timeout",
                  "did not answer in time")
     assert set(failed_steps(result)) == {"Check database query time"}
+
+
+@contextlib.contextmanager
+def _frozen_backend(lab):
+    """A session whose own backend is frozen with SIGSTOP once connected."""
+    target = Target.resolve(parameters_file=str(lab.parameters_file),
+                            timeout_seconds=1)
+    with postgres.connect(target) as conn:
+        backend = conn.info.backend_pid
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            yield conn
+        finally:
+            os.kill(backend, signal.SIGCONT)
+
+
+@pytest.mark.servers
+def test_frozen_backend_ends_a_query_from_the_client(lab):
+    # statement_timeout is the server's: only the client can end this query.
+    with _frozen_backend(lab) as conn:
+        with pytest.raises(TargetTimeout, match=r"no answer within 1s \(session cut\)"):
+            postgres.connection_limits(conn)
+
+
+@pytest.mark.servers
+def test_frozen_backend_ends_an_explain_from_the_client(lab):
+    with _frozen_backend(lab) as conn:
+        with pytest.raises(TargetTimeout, match="no answer within 1s"):
+            postgres_queries.explain_statement(conn, "SELECT 1", timeout_ms=1000)
+
+
+@pytest.mark.servers
+def test_query_that_ends_in_time_leaves_the_session_usable(lab):
+    target = Target.resolve(parameters_file=str(lab.parameters_file),
+                            timeout_seconds=1)
+    with postgres.connect(target) as conn:
+        assert postgres.session_timeout(conn) == 1.0
+        for _ in range(3):
+            assert postgres.connection_limits(conn)["max_connections"] > 0
+        assert not conn.broken
 
 
 @pytest.mark.servers

@@ -75,6 +75,8 @@ FILES = {
     "slow.yaml": "api_url: http://127.0.0.1:1\ntimeout_seconds: fast\n",
     "bad-kubeconfig": "clusters: [oops\n",
     "a-file": "not a folder\n",
+    "utf16.yaml": b"\xff\xfen\x00a\x00m\x00e\x00",
+    "parameters/staging.example.yaml": "namespace: paracle-staging\n",
 }
 
 # Every bad input gets one line on stderr naming the problem, exit code 2,
@@ -135,10 +137,15 @@ BAD_INPUT = [
     ("run triage --parameters {tmp}", "cannot read parameters file"),
     ("run triage --parameters {tmp}/slow.yaml",
      "'timeout_seconds' must be a number, got 'fast'"),
+    ("run triage --parameters {tmp}/utf16.yaml",
+     "utf16.yaml is not UTF-8 text (byte 0xff at offset 0); save it as UTF-8"),
     # environments
     ("run triage -p environment ../prod", "environment '../prod' is not a plain name"),
     ("run triage -p environment nowhere",
-     "no parameters file for environment 'nowhere': copy parameters/nowhere"),
+     "no parameters file for environment 'nowhere': write parameters/nowhere.yaml "
+     "(examples to start from: staging.example.yaml)"),
+    ("run triage -p environment staging",
+     "copy parameters/staging.example.yaml to parameters/staging.yaml and edit it"),
     ("run triage -p environment sandbox",
      "start the lab with `paracle-nb sandbox up`"),
     # the target
@@ -162,6 +169,16 @@ BAD_INPUT = [
     ("run triage -p prometheus_url 127.0.0.1:9090",
      "prometheus_url '127.0.0.1:9090' must be a URL starting with http://"),
     ("run triage -p api_url http://127.0.0.1:99999", "api_url "),
+    # plans to apply
+    ("run redis/out-of-memory -p apply notanid",
+     "parameter 'apply' takes plan ids (10 lowercase hex digits, as a run shows "
+     "them) and 'FLUSHDB db<N>'; got 'notanid'"),
+    ("run redis/out-of-memory -p apply a992a0531d,A992A0531D", "got 'A992A0531D'"),
+    ("run redis/out-of-memory -p apply a992a0531,flushdb", "got 'a992a0531', "
+     "'flushdb'"),
+    ("run redis/out-of-memory -p apply 'a992a0531d,FLUSHDB db'", "got 'FLUSHDB db'"),
+    ("run database/connection-pool-exhausted -p apply 'a992a0531d FLUSHDB db0'",
+     "got 'a992a0531d FLUSHDB db0'"),
     # the command's own options
     ("run triage --deadline 10", "--deadline needs a unit, e.g. '10min'"),
     ("run triage --deadline soon", "not a duration"),
@@ -174,9 +191,12 @@ BAD_INPUT = [
 @pytest.fixture()
 def workspace(tmp_path, monkeypatch):
     """A folder with good and bad input files, and no parameters/ folder."""
-    for name, text in FILES.items():
-        (tmp_path / name).write_text(text.replace("{tmp}", str(tmp_path)))
     (tmp_path / "parameters").mkdir()
+    for name, text in FILES.items():
+        if isinstance(text, bytes):
+            (tmp_path / name).write_bytes(text)
+        else:
+            (tmp_path / name).write_text(text.replace("{tmp}", str(tmp_path)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PARACLE_NB_PARAMETERS", str(tmp_path / "parameters"))
     monkeypatch.setenv("PARACLE_NB_NOTEBOOKS", str(find_runbook("triage").parent))
@@ -205,6 +225,14 @@ def test_bad_input_gets_one_clear_line(command, message, workspace, capsys):
     assert message.replace("{tmp}", str(workspace)) in err
     assert not (workspace / "art").exists()
     assert "hunter2" not in err
+
+
+@pytest.mark.parametrize("apply", ["", "a992a0531d", "a992a0531d, 0123456789",
+                                   "a992a0531d,FLUSHDB db0", "FLUSHDB db12"])
+def test_plan_ids_and_second_confirmations_are_accepted(apply):
+    notebook = find_runbook("redis/out-of-memory")
+    _, params = split_parameters(notebook, {"apply": apply})
+    assert params == {"apply": apply}
 
 
 def test_malformed_parameters_file_via_cli(tmp_path, capsys):

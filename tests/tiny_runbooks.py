@@ -21,6 +21,14 @@ RUNBOOKS = {
     "sleeps": ["print('first step ran')",
                "import time\ntime.sleep(120)",
                "print('never reached')"],
+    "marks-then-sleeps": ["print('first step ran')",
+                          # The mark tells a test outside the run that the
+                          # second step is running.
+                          "import os, time\n"
+                          "folder = os.environ['PARACLE_NB_ARTIFACT_DIR']\n"
+                          "open(os.path.join(folder, 'sleeping'), 'w').close()\n"
+                          "time.sleep(120)",
+                          "print('never reached')"],
     "ignores-interrupts": ["print('first step ran')",
                            "import signal, time\n"
                            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"

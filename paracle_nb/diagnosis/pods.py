@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.findings import Finding, Severity
-from paracle_nb.runbook import available
+from paracle_nb.runbook import available, clip_text
 from paracle_nb.units import format_bytes
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def describe_logs(logs: Any) -> str:
         return "No crashed container: no previous logs to read."
     last = logs.sort_values("restarts", ascending=False)["last_line"].iloc[0]
     return (f"Previous logs of {len(logs)} crashed container(s); the most "
-            f"restarted one ends with: `{last[:160]}`")
+            f"restarted one ends with: `{clip_text(last, 160)}`")
 
 
 def describe_events(events: Any) -> str:

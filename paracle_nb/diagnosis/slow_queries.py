@@ -7,7 +7,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from paracle_nb.findings import Finding, Severity
-from paracle_nb.runbook import available
+from paracle_nb.runbook import available, clip_text
 from paracle_nb.units import format_duration
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def _long_running(active: Any, long_query_s: float) -> Finding | None:
                f"{format_duration(long_query_s)}; the longest, pid {top['pid']} "
                f"of {top['application']}, for "
                f"{format_duration(evidence['duration_s'])}: "
-               f"`{evidence['query'][:80]}`")
+               f"`{clip_text(evidence['query'], 80)}`")
     return Finding("long-running-query", Severity.WARNING, summary, evidence,
                    step="Check active queries")
 
