@@ -277,10 +277,11 @@ def create_index_concurrently(target: Target, table: str, columns: list[str],
         with postgres.connect(target, read_only=False,
                               statement_timeout_ms=_BUILD_TIMEOUT_MS) as conn:
             try:
-                if existing.get("state") == "invalid":
-                    conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS "
-                                 f"{quote_identifier(name)}")
-                conn.execute(statement)
+                with postgres.answer_within(conn, _BUILD_TIMEOUT_MS / 1000):
+                    if existing.get("state") == "invalid":
+                        conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS "
+                                     f"{quote_identifier(name)}")
+                    conn.execute(statement)
             except Exception as exc:
                 import psycopg
 
@@ -367,7 +368,8 @@ def set_max_connections(target: Target, new_max: int) -> Plan:
     def execute(plan: Plan) -> dict[str, Any]:
         import psycopg
 
-        with postgres.connect(target, read_only=False) as conn:
+        with postgres.connect(target, read_only=False) as conn, \
+                postgres.answer_within(conn, target.timeout_seconds):
             try:
                 conn.execute(f"ALTER SYSTEM SET max_connections = {int(new_max)}")
             except psycopg.errors.InsufficientPrivilege as exc:
