@@ -89,3 +89,42 @@ def namespace_pods(target: Target) -> pd.DataFrame:
     table.insert(1, "api", table["pod"].isin(api_pods))
     return table.sort_values(["api", "pod"], ascending=[False, True],
                              ignore_index=True)
+
+
+def postgres_slots(target: Target) -> dict[str, Any]:
+    """Connect once and read the slots in use against the limit.
+
+    A refusal for lack of slots is raised (:class:`ConnectionRefused`
+    with the server's message): for triage it is the symptom itself.
+    """
+    from paracle_nb import postgres
+
+    with postgres.connect(target) as conn:
+        limits = postgres.connection_limits(conn)
+    usable = limits["max_connections"] - limits["superuser_reserved"]
+    return {**limits, "usable": usable,
+            "usage_ratio": round(limits["client_backends"] / usable, 3)
+            if usable else None}
+
+
+def redis_state(target: Target) -> dict[str, Any]:
+    """One PING, memory against maxmemory and clients against maxclients."""
+    from paracle_nb import redis as redis_helpers
+    from paracle_nb.redis_clients import client_limits
+
+    client = redis_helpers.connect(target)
+    try:
+        started = time.monotonic()
+        redis_helpers._guard(target, "PING", client.ping)
+        ping_ms = (time.monotonic() - started) * 1000
+        memory = redis_helpers.memory_info(target, client)
+        clients = client_limits(target, client)
+    finally:
+        client.close()
+    return {"ping_ms": round(ping_ms, 1), "used_memory": memory["used_memory"],
+            "maxmemory": memory["maxmemory"],
+            "maxmemory_policy": memory["maxmemory_policy"],
+            "memory_ratio": memory["usage_ratio"],
+            "connected_clients": clients["connected_clients"],
+            "maxclients": clients["maxclients"],
+            "clients_ratio": clients["usage_ratio"]}

@@ -148,3 +148,48 @@ def test_error_counts_group_lines_by_kind():
     assert counts[["level", "lines"]].values.tolist() == [["error", 2],
                                                           ["warning", 1]]
     assert logs.error_counts(_errors()).empty
+
+
+REDIS_OK = {"ping_ms": 0.4, "used_memory": 2 << 20, "maxmemory": 32 << 20,
+            "maxmemory_policy": "noeviction", "memory_ratio": 0.06,
+            "connected_clients": 8, "maxclients": 100, "clients_ratio": 0.08}
+POSTGRES_OK = {"client_backends": 6, "usable": 37, "max_connections": 40,
+               "superuser_reserved": 3, "usage_ratio": 0.162}
+ERRORS_OK = {"ratio": 0.0, "window": "5m"}
+
+
+def _with(postgres=POSTGRES_OK, redis=REDIS_OK, errors=ERRORS_OK):
+    return diagnose_triage(HEALTHY, _pods("Running"), _errors(), UP, 0.2,
+                           postgres=postgres, redis=redis, errors=errors)
+
+
+def test_healthy_dependencies_open_nothing():
+    assert _with() == []
+
+
+def test_dependencies_behind_a_healthy_api_are_seen():
+    full = {**REDIS_OK, "connected_clients": 100, "clients_ratio": 1.0}
+    assert [(f.cause, f.evidence["open_next"]) for f in _with(redis=full)] == [
+        ("redis-clients-near-limit", "redis/connection-timeout")]
+    oom = {**REDIS_OK, "used_memory": 32 << 20, "memory_ratio": 1.0}
+    assert _opened(_with(redis=oom)) == ["redis/out-of-memory"]
+    slow = {**REDIS_OK, "ping_ms": 450.0}
+    assert [f.cause for f in _with(redis=slow)] == ["redis-slow"]
+    busy = {**POSTGRES_OK, "client_backends": 35, "usage_ratio": 0.946}
+    assert [f.cause for f in _with(postgres=busy)] == ["postgres-near-limit"]
+    full_pg = {**POSTGRES_OK, "client_backends": 37, "usage_ratio": 1.0}
+    assert [f.cause for f in _with(postgres=full_pg)] == ["postgres-slots-full"]
+    failing = {"ratio": 0.051, "window": "5m"}
+    [finding] = _with(errors=failing)
+    assert finding.cause == "error-rate" and "5.1%" in finding.summary
+
+
+def test_a_postgres_refusal_for_slots_is_a_symptom_not_a_gap():
+    from paracle_nb.errors import ConnectionRefused
+
+    refused = Unavailable("Postgres slots", ConnectionRefused(
+        "Postgres at db:5432/paracle refused the connection", target="postgres",
+        detail="FATAL:  sorry, too many clients already"))
+    findings = _with(postgres=refused)
+    assert [f.cause for f in findings] == ["postgres-refusing"]
+    assert _opened(findings) == ["database/connection-pool-exhausted"]

@@ -156,7 +156,10 @@ def test_pool_exhausted_opens_the_pool_runbook_from_health_and_logs(lab, tmp_pat
     assert "remaining connection slots" in held.refusal
     assert sent.statuses == {500: 6}
     assert _next(result) == ["database/connection-pool-exhausted"]
-    assert result.verdict.causes == ["api-unhealthy", "log-connection-pool-exhausted"]
+    assert result.verdict.causes == ["api-unhealthy", "log-connection-pool-exhausted",
+                                     "postgres-slots-full"]
+    slots = _evidence(result, "postgres-slots-full")
+    assert slots["client_backends"] >= slots["usable"] == 37
     health = _evidence(result, "api-unhealthy")
     assert health["status"] == 503
     assert "remaining connection slots" in health["body"]
@@ -183,5 +186,18 @@ def test_a_step_that_cannot_run_asks_for_the_bundle(lab, tmp_path):
 
     assert _next(result) == [ESCALATION]
     assert result.verdict.causes[0] == "escalate"
-    assert _evidence(result, "escalate")["steps_not_run"] == ["Metrics",
-                                                              "p95 latency"]
+    assert _evidence(result, "escalate")["steps_not_run"] == [
+        "Metrics", "p95 latency", "5xx share"]
+
+
+@pytest.mark.parametrize("incident", ["redis-max-clients",
+                                      "redis-max-clients-full"])
+def test_redis_at_maxclients_behind_a_healthy_api_opens_the_redis_runbook(
+        lab, tmp_path, incident):
+    with lab.incident(incident):
+        result = _run(lab, tmp_path)
+
+    assert "redis/connection-timeout" in _next(result)
+    # The one slot left free may be taken by the API's own pool first.
+    assert {"redis-clients-near-limit", "redis-refusing"} & set(
+        result.verdict.causes), result.verdict.causes

@@ -59,18 +59,27 @@ RUNBOOK_ORDER = [
 UNRELATED_AREAS = 3
 
 
-# Known shortcoming: triage looks at the API from outside (health, pods, logs,
-# Prometheus) and probes neither Postgres nor Redis, nor the 5xx rate: a
-# Redis at maxclients behind a /health that still answers 200 goes unseen.
+# Dependencies this close to their limit are a symptom before they refuse.
+NEAR_LIMIT = 0.9
+# The guide's line for 500 errors: more than 1% of requests.
+ERROR_RATIO = 0.01
+SLOW_PING_MS = 200.0  # one sample: only a clearly slow answer counts
+
+
 def diagnose_triage(health: Any, pods: Any, log_lines: Any, up: Any, p95: Any,
-                    *, latency_threshold_s: float = 1.0) -> list[Finding]:
+                    *, latency_threshold_s: float = 1.0, postgres: Any = None,
+                    redis: Any = None, errors: Any = None) -> list[Finding]:
     """Return one finding per symptom, each naming the runbook to open next.
 
     ``health`` is :func:`paracle_nb.health.probe_health`'s answer, ``pods``
     a pod table, ``log_lines`` :func:`paracle_nb.logs.error_lines` (or the
     lines as text), ``up`` :func:`paracle_nb.prometheus.scrape_targets` and
-    ``p95`` the API's p95 latency in seconds. The findings come in the
-    order of :func:`next_runbooks`, the escalation last.
+    ``p95`` the API's p95 latency in seconds; ``postgres``
+    (:func:`paracle_nb.health.postgres_slots`), ``redis``
+    (:func:`paracle_nb.health.redis_state`) and ``errors``
+    (:func:`paracle_nb.api_errors.error_rate`) look behind the API. The
+    findings come in the order of :func:`next_runbooks`, the escalation
+    last.
     """
     findings = _health_findings(health)
     pod_findings = _pod_findings(pods)
@@ -86,18 +95,95 @@ def diagnose_triage(health: Any, pods: Any, log_lines: Any, up: Any, p95: Any,
             threshold_s=latency_threshold_s))
     if available(log_lines):
         findings += _log_findings(_texts(log_lines))
+    findings += _dependency_findings(postgres, redis, errors)
+    findings = _one_per_runbook_and_cause(findings)
 
     order = next_runbooks(findings)
     findings.sort(key=lambda f: order.index(f.evidence["open_next"])
                   if "open_next" in f.evidence else len(order))
     # An API that does not answer is a symptom; any other step that failed
     # leaves the triage blind on its part.
-    not_run = [value.step for value in (health, pods, log_lines, up, p95)
+    not_run = [value.step for value in (health, pods, log_lines, up, p95,
+                                        postgres, redis, errors)
                if isinstance(value, Unavailable) and not (
-                   value is health and _unreachable(value))]
+                   value is health and _unreachable(value))
+               and not _refused_for_slots(value)]
     not_run = list(dict.fromkeys(not_run))
     escalation = _escalation(findings, not_run)
     return findings + ([escalation] if escalation else [])
+
+
+def _refused_for_slots(value: Any) -> bool:
+    """True for a refusal for lack of slots (Postgres connections, Redis
+    clients): a symptom, not a gap in the triage."""
+    return isinstance(value, Unavailable) and any(
+        sign in str(value.error).lower() for sign in (
+            "too many clients", "remaining connection slots",
+            "max number of clients"))
+
+
+def _dependency_findings(postgres: Any, redis: Any, errors: Any) -> list[Finding]:
+    findings = []
+    if _refused_for_slots(postgres):
+        findings.append(_next("postgres-refusing", "Postgres refuses connections",
+                              f"Postgres refused the triage's connection: "
+                              f"{postgres.reason}",
+                              "database/connection-pool-exhausted"))
+    elif available(postgres) and (postgres.get("usage_ratio") or 0) >= NEAR_LIMIT:
+        full = postgres["client_backends"] >= postgres["usable"]
+        findings.append(_next(
+            "postgres-slots-full" if full else "postgres-near-limit",
+            "Postgres has no free slot" if full else "Postgres slots nearly all used",
+            f"{postgres['client_backends']} of {postgres['usable']} usable "
+            "Postgres connections in use.", "database/connection-pool-exhausted",
+            client_backends=postgres["client_backends"], usable=postgres["usable"]))
+    if _refused_for_slots(redis):
+        findings.append(_next("redis-refusing", "Redis refuses clients",
+                              f"Redis refused the triage's connection: "
+                              f"{redis.reason}", "redis/connection-timeout"))
+    elif available(redis):
+        findings += _redis_findings(redis)
+    if available(errors) and (errors.get("ratio") or 0) > ERROR_RATIO:
+        findings.append(_next(
+            "error-rate", "5xx above 1%",
+            f"{errors['ratio']:.1%} of requests answered 5xx over "
+            f"{errors['window']}.", "api/500-errors", ratio=errors["ratio"],
+            window=errors["window"]))
+    return findings
+
+
+def _redis_findings(redis: dict[str, Any]) -> list[Finding]:
+    findings = []
+    if (redis.get("memory_ratio") or 0) >= NEAR_LIMIT:
+        findings.append(_next(
+            "redis-memory-near-limit", "Redis memory at its limit",
+            f"Redis uses {redis['memory_ratio']:.0%} of maxmemory (policy "
+            f"{redis['maxmemory_policy']}).", "redis/out-of-memory",
+            used_memory=redis["used_memory"], maxmemory=redis["maxmemory"]))
+    if (redis.get("clients_ratio") or 0) >= NEAR_LIMIT:
+        findings.append(_next(
+            "redis-clients-near-limit", "Redis clients at maxclients",
+            f"{redis['connected_clients']} Redis clients of maxclients "
+            f"{redis['maxclients']}.", "redis/connection-timeout",
+            connected_clients=redis["connected_clients"],
+            maxclients=redis["maxclients"]))
+    if redis.get("ping_ms", 0) > SLOW_PING_MS:
+        findings.append(_next(
+            "redis-slow", "Redis slow to answer",
+            f"Redis answered PING in {redis['ping_ms']:.0f} ms.",
+            "redis/connection-timeout", ping_ms=redis["ping_ms"]))
+    return findings
+
+
+def _one_per_runbook_and_cause(findings: list[Finding]) -> list[Finding]:
+    """Drop repeats of a cause for the same runbook (logs and probes agree)."""
+    seen, kept = set(), []
+    for finding in findings:
+        key = (finding.cause, finding.evidence.get("open_next"))
+        if key not in seen:
+            seen.add(key)
+            kept.append(finding)
+    return kept
 
 
 def _unreachable(health: Any) -> bool:
@@ -322,3 +408,31 @@ def describe_next(steps: Any) -> str:
         return "Nothing needs a runbook: no problem found."
     return (f"Open {len(steps)} runbook(s), in this order; "
             f"first **{steps['runbook'].iloc[0]}**.")
+
+
+def describe_dependencies(postgres: Any, redis: Any, errors: Any) -> str:
+    """Return one sentence on Postgres, Redis and the 5xx share, as read."""
+    parts = []
+    if _refused_for_slots(postgres):
+        parts.append("Postgres **refused** the connection (no free slot)")
+    elif available(postgres):
+        parts.append(f"Postgres {postgres['client_backends']} of "
+                     f"{postgres['usable']} usable connections in use")
+    else:
+        parts.append("Postgres not read")
+    if available(redis):
+        memory = (f"{redis['memory_ratio']:.0%} of maxmemory"
+                  if redis.get("memory_ratio") is not None else "no maxmemory")
+        parts.append(f"Redis PING {redis['ping_ms']:.0f} ms, {memory}, "
+                     f"{redis['connected_clients']} of {redis['maxclients']} "
+                     "clients")
+    elif _refused_for_slots(redis):
+        parts.append("Redis **refused** the connection (maxclients reached)")
+    else:
+        parts.append("Redis not read")
+    if available(errors) and errors.get("ratio") is not None:
+        parts.append(f"{errors['ratio']:.1%} of requests 5xx over "
+                     f"{errors['window']}")
+    else:
+        parts.append("5xx share not read")
+    return "; ".join(parts) + "."
