@@ -223,7 +223,7 @@ def test_prometheus_unreachable(lab, artifacts):
                      artifacts=artifacts)
 
     assert_fault(result, "Metrics", "target-unreachable", "unreachable")
-    assert set(failed_steps(result)) == {"Metrics", "p95 latency"}
+    assert set(failed_steps(result)) == {"Metrics", "p95 latency", "5xx share"}
 
 
 @pytest.fixture()

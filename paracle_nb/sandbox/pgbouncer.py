@@ -172,8 +172,9 @@ def pooled_load(server: PgBouncerServer | PostgresServer, clients: int,
                 queries: int = 5, query_ms: int = 20) -> dict[str, Any]:
     """Run ``clients`` concurrent clients, each with its own connection.
 
-    Each runs ``queries`` short transactions. Returns how many clients were
-    served, refused, and the most server connections seen meanwhile.
+    All connect first; then each runs ``queries`` short transactions.
+    Returns how many clients were served, refused, and the most server
+    connections seen meanwhile.
     """
     import threading
 
@@ -194,14 +195,26 @@ def pooled_load(server: PgBouncerServer | PostgresServer, clients: int,
                 peak[0] = max(peak[0], int(row[0]) if row else 0)
                 time.sleep(0.01)
 
+    # Every client connects (or is refused) before any starts its queries,
+    # so all of them are there at once however slowly the threads start.
+    everyone = threading.Barrier(clients)
+
     def client(n: int) -> None:
+        conn = None
         try:
-            with server.connect(application_name="paracle-api") as conn:
-                for _ in range(queries):
-                    conn.execute("SELECT pg_sleep(%s)", [query_ms / 1000])
-            served.append(n)
+            conn = server.connect(application_name="paracle-api")
         except Exception as exc:  # a refusal is what the comparison shows
             refused.append(str(exc).strip().splitlines()[0])
+        try:
+            everyone.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            pass
+        if conn is None:
+            return
+        with conn:
+            for _ in range(queries):
+                conn.execute("SELECT pg_sleep(%s)", [query_ms / 1000])
+        served.append(n)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
