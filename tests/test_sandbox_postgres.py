@@ -54,6 +54,9 @@ def test_wait_for_gives_up_at_the_deadline() -> None:
 def test_stop_pid_stops_a_process_we_started() -> None:
     child = subprocess.Popen(["sleep", "30"])
     try:
+        # Until the child has exec'd, /proc shows our own command line.
+        procs.wait_for(lambda: "sleep" in (procs.pid_command(child.pid) or ""),
+                       timeout=10.0, what="sleep to start")
         assert procs.stop_pid(child.pid, grace=2.0, expect="sleep")
         assert not procs.pid_alive(child.pid)
     finally:
